@@ -1,0 +1,1 @@
+"""Networks (generator G, discriminator D), heatmap ops and losses."""
