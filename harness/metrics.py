@@ -1,0 +1,270 @@
+"""PCK / PCKh: the one implementation used by the trainer's validation pass and by `harness score`.
+
+Conventions (all protocols):
+- Arrays are people-first: predictions and ground truth `[N, J, 2]` (x, y in pixels), `counted [N, J]`
+  bool, `norm [N]` the per-person normalising length in the same pixels. Predictions and ground truth
+  must be in the same frame (both 0-based or both 1-based); the metric only uses differences, so no
+  offset is ever applied here.
+- A joint is correct when ``||pred - gt|| / norm < threshold`` (strictly below). A non-finite prediction
+  (NaN) is never correct.
+- Per-joint PCK = 100 * correct / counted for that joint (NaN when a joint is never counted).
+- A group column (Head, Sho., ...: `skeleton.groups`) is the unweighted mean of its joints' PCK.
+- Mean = 100 * (correct over counted joints not in `skeleton.mean_excludes`) / (their count), which is
+  exactly the count-weighted mean of those joints' PCK (the official MPII script's ``jnt_ratio``).
+- AUC = the mean of the Mean-PCK over the thresholds ``auc_max * k / auc_steps`` for k = 0..auc_steps
+  (default 0, 0.01, ..., 0.5: 51 thresholds); in % like the other columns.
+- A person with at least one counted joint must have a finite, positive norm; otherwise `ValueError`
+  (naming the 0-based rows). Persons without counted joints are ignored whatever their norm.
+
+Protocols (`PROTOCOLS`):
+- "mpii" PCKh (official evaluation): norm = head size = 0.6 x the diagonal of the head box
+  (``||headbox[1] - headbox[0]||``); only annotated joints count (``jnt_missing == 0``); Mean excludes
+  pelvis and thorax (shown per joint); also reports Mean PCKh@0.1 ("mean@0.1"). Default threshold 0.5.
+- "lsp" PCK: norm = torso = distance between the ground truth's left shoulder and right hip
+  (`skeleton.torso`); all 14 joints count, occluded ones too; Mean over all joints. Default threshold 0.2.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from data_pipelines.skeletons import LSP, MPII, Skeleton
+
+MPII_HEAD_SIZE_FACTOR = 0.6  # the official SC_BIAS: head size = 0.6 x head-box diagonal
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    skeleton: Skeleton
+    metric: str  # column label: "PCKh" or "PCK"
+    threshold: float  # default threshold
+    normaliser: str  # what `norm` is, in words
+    extra_thresholds: tuple[float, ...] = ()  # reported as "mean@<t>"
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "mpii": Protocol("mpii", MPII, "PCKh", 0.5,
+                     "head size = 0.6 x head-box diagonal", extra_thresholds=(0.1,)),
+    "lsp": Protocol("lsp", LSP, "PCK", 0.2, "torso = |left shoulder - right hip| of the ground truth"),
+}
+
+
+@dataclass(frozen=True)
+class PCKResult:
+    """One evaluation. All figures are percentages (NaN where nothing was counted)."""
+
+    protocol: str
+    metric: str
+    threshold: float
+    count: int  # people scored
+    per_joint: dict[str, float]  # joint name -> PCK %
+    joint_counts: dict[str, int]  # joint name -> how many counted
+    groups: dict[str, float]  # the table: Head, Sho., ..., Ank., Mean -> %
+    mean: float
+    auc: float
+    auc_max: float
+    auc_steps: int
+    normaliser: str
+    mean_excludes: tuple[str, ...] = ()
+    extra: dict[str, float] = field(default_factory=dict)  # e.g. "mean@0.1"
+
+    @property
+    def auc_definition(self) -> str:
+        return (f"mean of the Mean {self.metric} (%) over thresholds {self.auc_max} * k / {self.auc_steps}, "
+                f"k = 0..{self.auc_steps} ({self.auc_steps + 1} thresholds)")
+
+    def to_json(self) -> dict:
+        """A JSON-serialisable dict (NaN -> None): per_joint, groups, mean, auc, metric, threshold, count,
+        the extras (e.g. "mean@0.1") and the definitions used."""
+        out = {
+            "protocol": self.protocol,
+            "metric": self.metric,
+            "threshold": self.threshold,
+            "count": self.count,
+            "per_joint": {k: _num(v) for k, v in self.per_joint.items()},
+            "joint_counts": dict(self.joint_counts),
+            "groups": {k: _num(v) for k, v in self.groups.items()},
+            "mean": _num(self.mean),
+            "auc": _num(self.auc),
+        }
+        out.update({k: _num(v) for k, v in self.extra.items()})
+        out["definitions"] = {
+            "correct": "||pred - gt|| / norm < threshold (strict)",
+            "norm": self.normaliser,
+            "groups": "unweighted mean of the group's per-joint values",
+            "mean": "count-weighted mean of per-joint values"
+                    + (f", excluding {', '.join(self.mean_excludes)}" if self.mean_excludes else ""),
+            "auc": self.auc_definition,
+            "units": "percent",
+        }
+        return out
+
+
+def _num(v: float) -> float | None:
+    return None if not math.isfinite(v) else float(v)
+
+
+def pck_table(pred, gt, counted, norm, skeleton: Skeleton, threshold: float, *, metric: str = "PCK",
+              protocol: str = "", normaliser: str = "", auc_max: float = 0.5, auc_steps: int = 50,
+              extra_thresholds: tuple[float, ...] = ()) -> PCKResult:
+    """The generic core: see the module docstring for every rule. Shapes: pred, gt [N, J, 2]; counted
+    [N, J] bool; norm [N]. Raises ValueError on bad shapes, non-finite counted ground truth, or a bad
+    norm for a person with counted joints."""
+    pred = np.asarray(pred, dtype=np.float64)
+    gt = np.asarray(gt, dtype=np.float64)
+    counted = np.asarray(counted)
+    norm = np.asarray(norm, dtype=np.float64)
+    n, j = gt.shape[:2] if gt.ndim == 3 else (None, None)
+    if gt.ndim != 3 or gt.shape[2] != 2 or j != skeleton.num_joints:
+        raise ValueError(f"ground truth must be [N, {skeleton.num_joints}, 2], got {gt.shape}")
+    if pred.shape != gt.shape:
+        raise ValueError(f"predictions {pred.shape} do not match ground truth {gt.shape}")
+    if counted.shape != (n, j) or counted.dtype != np.bool_:
+        raise ValueError(f"counted must be a bool [N, J] = [{n}, {j}] array, "
+                         f"got {counted.dtype} {counted.shape}")
+    if norm.shape != (n,):
+        raise ValueError(f"norm must be [N] = [{n}], got {norm.shape}")
+    if not (0 <= threshold and math.isfinite(threshold)):
+        raise ValueError(f"threshold must be finite and >= 0, got {threshold}")
+    if auc_steps < 1 or not auc_max > 0:
+        raise ValueError(f"need auc_steps >= 1 and auc_max > 0, got {auc_steps}, {auc_max}")
+    bad_gt = counted & ~np.isfinite(gt).all(axis=2)
+    if bad_gt.any():
+        rows = np.unique(np.nonzero(bad_gt)[0])
+        raise ValueError(f"non-finite ground truth at counted joints of {len(rows)} person(s), "
+                         f"rows {_first(rows)} (0-based)")
+    has_counted = counted.any(axis=1)
+    bad_norm = has_counted & ~(np.isfinite(norm) & (norm > 0))
+    if bad_norm.any():
+        rows = np.nonzero(bad_norm)[0]
+        raise ValueError(f"zero or non-finite normalising size ({normaliser or 'norm'}) for {len(rows)} "
+                         f"person(s) with counted joints, rows {_first(rows)} (0-based)")
+
+    safe_norm = np.where(has_counted, norm, 1.0)
+    scaled = np.linalg.norm(pred - gt, axis=2) / safe_norm[:, None]  # [N, J]; NaN pred -> NaN
+    counts = counted.sum(axis=0)
+    include = np.ones(j, dtype=bool)
+    include[list(skeleton.mean_excludes)] = False
+    mean_count = counts[include].sum()
+
+    def per_joint_at(t: float) -> tuple[np.ndarray, np.ndarray]:
+        """(per-joint PCK %, per-joint correct count) at threshold t."""
+        correct = ((scaled < t) & counted).sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(counts > 0, 100.0 * correct / np.maximum(counts, 1), np.nan), correct
+
+    def mean_at(t: float) -> float:
+        _, correct = per_joint_at(t)
+        return 100.0 * correct[include].sum() / mean_count if mean_count else math.nan
+
+    pck, _ = per_joint_at(threshold)
+    mean = mean_at(threshold)
+    groups = {name: float(np.mean(pck[list(idx)])) for name, idx in skeleton.groups.items()}
+    groups["Mean"] = mean
+    auc = float(np.mean([mean_at(auc_max * k / auc_steps) for k in range(auc_steps + 1)]))
+    return PCKResult(
+        protocol=protocol or skeleton.name, metric=metric, threshold=float(threshold), count=int(n),
+        per_joint={name: float(v) for name, v in zip(skeleton.joints, pck)},
+        joint_counts={name: int(c) for name, c in zip(skeleton.joints, counts)},
+        groups=groups, mean=mean, auc=auc, auc_max=float(auc_max), auc_steps=int(auc_steps),
+        normaliser=normaliser, mean_excludes=tuple(skeleton.joints[i] for i in skeleton.mean_excludes),
+        extra={f"mean@{t:g}": mean_at(t) for t in extra_thresholds},
+    )
+
+
+def _first(rows: np.ndarray, k: int = 10) -> str:
+    shown = ", ".join(str(int(r)) for r in rows[:k])
+    return f"[{shown}{', ...' if len(rows) > k else ''}]"
+
+
+def mpii_head_sizes(headboxes) -> np.ndarray:
+    """headboxes [N, 2, 2] = per person [[x1, y1], [x2, y2]] -> head size 0.6 * ||(x2, y2) - (x1, y1)||."""
+    hb = np.asarray(headboxes, dtype=np.float64)
+    if hb.ndim != 3 or hb.shape[1:] != (2, 2):
+        raise ValueError(f"head boxes must be [N, 2, 2] (corner, xy), got {hb.shape}")
+    return MPII_HEAD_SIZE_FACTOR * np.linalg.norm(hb[:, 1] - hb[:, 0], axis=1)
+
+
+def torso_sizes(gt, skeleton: Skeleton) -> np.ndarray:
+    """gt [N, J, 2] -> [N] distance between the skeleton's torso joints (LSP: left shoulder, right hip)."""
+    if skeleton.torso is None:
+        raise ValueError(f"skeleton {skeleton.name!r} defines no torso joints")
+    gt = np.asarray(gt, dtype=np.float64)
+    a, b = skeleton.torso
+    return np.linalg.norm(gt[:, a] - gt[:, b], axis=1)
+
+
+def score_mpii(pred, gt, annotated, headboxes, threshold: float | None = None) -> PCKResult:
+    """Official MPII PCKh. pred, gt [N, 16, 2]; annotated [N, 16] (True / 1 = annotated, i.e.
+    ``jnt_missing == 0``); headboxes [N, 2, 2]."""
+    p = PROTOCOLS["mpii"]
+    annotated = np.asarray(annotated)
+    if annotated.dtype != np.bool_:
+        annotated = annotated != 0
+    return pck_table(pred, gt, annotated, mpii_head_sizes(headboxes), p.skeleton,
+                     p.threshold if threshold is None else threshold, metric=p.metric, protocol=p.name,
+                     normaliser=p.normaliser, extra_thresholds=p.extra_thresholds)
+
+
+def score_lsp(pred, gt, threshold: float | None = None) -> PCKResult:
+    """LSP PCK: pred, gt [N, 14, 2]; every joint counts (occluded too); torso from the ground truth."""
+    p = PROTOCOLS["lsp"]
+    gt = np.asarray(gt, dtype=np.float64)
+    counted = np.ones(gt.shape[:2], dtype=bool)
+    return pck_table(pred, gt, counted, torso_sizes(gt, p.skeleton), p.skeleton,
+                     p.threshold if threshold is None else threshold, metric=p.metric, protocol=p.name,
+                     normaliser=p.normaliser, extra_thresholds=p.extra_thresholds)
+
+
+def score(protocol: str, pred, gt, *, annotated=None, headboxes=None,
+          threshold: float | None = None) -> PCKResult:
+    """Entry point for the trainer's validation pass and the score command: decoded predictions in,
+    result out. "mpii" needs `annotated` and `headboxes`; "lsp" ignores them (all joints count)."""
+    if protocol == "mpii":
+        if annotated is None or headboxes is None:
+            raise ValueError("mpii scoring needs `annotated` [N, 16] and `headboxes` [N, 2, 2]")
+        return score_mpii(pred, gt, annotated, headboxes, threshold)
+    if protocol == "lsp":
+        return score_lsp(pred, gt, threshold)
+    raise ValueError(f"unknown protocol {protocol!r}; known: {sorted(PROTOCOLS)}")
+
+
+def render(result: PCKResult):
+    """A rich renderable: the group table (Head ... Ank., Mean, extras, AUC) and the per-joint table."""
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+
+    def fmt(v: float) -> str:
+        return "-" if not math.isfinite(v) else f"{v:.2f}"
+
+    title = f"{result.protocol.upper()} {result.metric}@{result.threshold:g}, {result.count} people (%)"
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True)
+    cols = dict(result.groups)
+    cols.update({f"Mean@{k.split('@', 1)[1]}": v for k, v in result.extra.items()})
+    cols["AUC"] = result.auc
+    for name in cols:
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_row(*(fmt(v) for v in cols.values()))
+
+    joints = Table(title="per joint", box=box.SIMPLE_HEAD, padding=(0, 1))
+    joints.add_column("joint")
+    joints.add_column(f"{result.metric} %", justify="right")
+    joints.add_column("counted", justify="right")
+    for name, v in result.per_joint.items():
+        note = " (not in Mean)" if name in result.mean_excludes else ""
+        joints.add_row(name + note, fmt(v), str(result.joint_counts[name]))
+    notes = [f"norm: {result.normaliser}", f"AUC: {result.auc_definition}"]
+    if result.mean_excludes:
+        notes.append(f"Mean excludes {', '.join(result.mean_excludes)} (count-weighted over the rest)")
+    return Group(table, joints, *notes)
+
+
+def print_result(result: PCKResult, console=None) -> None:
+    from rich.console import Console
+
+    (console or Console()).print(render(result))

@@ -1,0 +1,290 @@
+"""harness.metrics against plain-loop transcriptions of the official formulas, on the real MPII and LSP
+ground truth, plus hand-made cases for each official detail."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.io
+
+from harness import metrics
+
+# ---------------------------------------------------------------------------------------------------
+# MPII: the official evaluation written out plainly, on the official layout (joints x 2 x people).
+# Joint indices are looked up by name in the file's own `dataset_joints`, not taken from skeletons.py.
+
+MPII_GROUPS = {"Head": ("head",), "Sho.": ("lsho", "rsho"), "Elb.": ("lelb", "relb"),
+               "Wri.": ("lwri", "rwri"), "Hip": ("lhip", "rhip"), "Knee": ("lkne", "rkne"),
+               "Ank.": ("lank", "rank")}
+
+
+def official_mpii_pckh(pos_pred_src, pos_gt_src, jnt_missing, headboxes_src, names, threshold):
+    """Per-joint PCKh, the group table, Mean, Mean@0.1 and AUC, with Python loops in float64."""
+    num_joints, _, num_people = pos_gt_src.shape
+    scaled = [[None] * num_people for _ in range(num_joints)]  # error / head size, None = missing
+    for i in range(num_people):
+        dx = float(headboxes_src[1, 0, i]) - float(headboxes_src[0, 0, i])
+        dy = float(headboxes_src[1, 1, i]) - float(headboxes_src[0, 1, i])
+        head_size = 0.6 * math.sqrt(dx * dx + dy * dy)
+        for j in range(num_joints):
+            if jnt_missing[j, i] == 0:
+                ex = float(pos_pred_src[j, 0, i]) - float(pos_gt_src[j, 0, i])
+                ey = float(pos_pred_src[j, 1, i]) - float(pos_gt_src[j, 1, i])
+                scaled[j][i] = math.sqrt(ex * ex + ey * ey) / head_size
+
+    def pckh_at(t):
+        pckh, count = [], []
+        for j in range(num_joints):
+            n = correct = 0
+            for e in scaled[j]:
+                if e is not None:
+                    n += 1
+                    if e < t:  # NaN compares False: never correct
+                        correct += 1
+            pckh.append(100.0 * correct / n)
+            count.append(n)
+        return pckh, count
+
+    def mean_of(pckh, count):
+        weights = [0 if names[j] in ("pelv", "thor") else count[j] for j in range(num_joints)]
+        return sum(p * w / sum(weights) for p, w in zip(pckh, weights))
+
+    pckh, count = pckh_at(threshold)
+    table = {g: sum(pckh[names.index(n)] for n in members) / len(members)
+             for g, members in MPII_GROUPS.items()}
+    table["Mean"] = mean_of(pckh, count)
+    auc = sum(mean_of(*pckh_at(0.5 * k / 50)) for k in range(51)) / 51
+    return {"per_joint": dict(zip(names, pckh)), "groups": table, "mean": table["Mean"],
+            "mean@0.1": mean_of(*pckh_at(0.1)), "auc": auc}
+
+
+@pytest.fixture(scope="module")
+def mpii_mat(mpii_root):
+    mat = scipy.io.loadmat(str(mpii_root / "valid_gt_with_reference_preds.mat"))
+    mat["names"] = [str(np.ravel(x)[0]) for x in np.ravel(mat["dataset_joints"])]
+    return mat
+
+
+def ours_mpii(pos_pred_src, mat, threshold=0.5):
+    return metrics.score_mpii(pos_pred_src.transpose(2, 0, 1), mat["pos_gt_src"].transpose(2, 0, 1),
+                              mat["jnt_missing"].T == 0, mat["headboxes_src"].transpose(2, 0, 1), threshold)
+
+
+def assert_same(result: metrics.PCKResult, ref: dict) -> None:
+    assert result.per_joint.keys() == ref["per_joint"].keys()
+    for name, v in ref["per_joint"].items():
+        assert result.per_joint[name] == pytest.approx(v, abs=1e-9), name
+    assert list(result.groups) == list(ref["groups"])
+    for name, v in ref["groups"].items():
+        assert result.groups[name] == pytest.approx(v, abs=1e-9), name
+    assert result.mean == pytest.approx(ref["mean"], abs=1e-9)
+    assert result.auc == pytest.approx(ref["auc"], abs=1e-9)
+    if "mean@0.1" in ref:
+        assert result.extra["mean@0.1"] == pytest.approx(ref["mean@0.1"], abs=1e-9)
+
+
+def test_mpii_stored_predictions_match_official_formula(mpii_mat):
+    m = mpii_mat
+    ref = official_mpii_pckh(m["pos_pred_src"], m["pos_gt_src"], m["jnt_missing"], m["headboxes_src"],
+                             m["names"], 0.5)
+    result = ours_mpii(m["pos_pred_src"], m)
+    assert_same(result, ref)
+    assert result.count == 2958
+    assert result.joint_counts == {n: int((m["jnt_missing"][j] == 0).sum()) for j, n in enumerate(m["names"])}
+    # a realistic model: neither trivially perfect nor broken
+    assert 60 < result.mean < 99 and 0 < result.extra["mean@0.1"] < result.mean
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mpii_random_perturbations_match_official_formula(mpii_mat, seed):
+    m = mpii_mat
+    rng = np.random.default_rng(seed)
+    gt = m["pos_gt_src"]
+    head = 0.6 * np.linalg.norm(m["headboxes_src"][1] - m["headboxes_src"][0], axis=0)  # [N]
+    # errors of the order of the head size straddle every threshold; some joints land far off
+    pred = gt + rng.normal(0.0, 0.35, gt.shape) * head[None, None, :]
+    far = rng.random((gt.shape[0], gt.shape[2])) < 0.05
+    pred[:, 0][far] += 1000.0
+    pred[3, :, 7] = np.nan  # a NaN prediction is never correct
+    missing = m["jnt_missing"].copy()
+    missing[rng.random(missing.shape) < 0.1] = 1
+    mat = dict(m, jnt_missing=missing)
+    ref = official_mpii_pckh(pred, gt, missing, m["headboxes_src"], m["names"], 0.4)
+    assert_same(ours_mpii(pred, mat, threshold=0.4), ref)
+
+
+# ---------------------------------------------------------------------------------------------------
+# MPII official details on small hand-made cases (people-first arrays, MPII joint order).
+
+def mpii_case(num_people=1):
+    """Everyone: all 16 joints annotated, predicted exactly; head box diagonal 50 -> head size 30."""
+    gt = np.arange(num_people * 16 * 2, dtype=np.float64).reshape(num_people, 16, 2) * 3.0
+    boxes = np.tile(np.array([[10.0, 20.0], [40.0, 60.0]]), (num_people, 1, 1))  # dx 30, dy 40
+    return gt.copy(), gt, np.ones((num_people, 16), dtype=bool), boxes
+
+
+def test_mpii_head_size_is_0_6_of_the_head_box_diagonal():
+    _, gt, ann, boxes = mpii_case()
+    assert metrics.mpii_head_sizes(boxes)[0] == 30.0
+    head = metrics.MPII.index("head")
+    for error, correct in ((14.9, True), (15.1, False), (16.0, False)):  # 0.5 * 30 = 15; 0.5 * 50 = 25
+        pred = gt.copy()
+        pred[0, head, 0] += error
+        assert metrics.score_mpii(pred, gt, ann, boxes).per_joint["head"] == (100.0 if correct else 0.0)
+
+
+def test_mpii_threshold_is_strict():
+    _, gt, ann, boxes = mpii_case()
+    pred = gt.copy()
+    wrist = metrics.MPII.index("lwri")
+    pred[0, wrist] += (9.0, 12.0)  # error exactly 15 = 0.5 * head size 30
+    assert np.linalg.norm(pred[0, wrist] - gt[0, wrist]) / 30.0 == 0.5
+    assert metrics.score_mpii(pred, gt, ann, boxes, threshold=0.5).per_joint["lwri"] == 0.0
+    assert metrics.score_mpii(pred, gt, ann, boxes, threshold=0.5 + 1e-12).per_joint["lwri"] == 100.0
+
+
+def test_mpii_unannotated_joints_are_not_counted():
+    pred, gt, ann, boxes = mpii_case(2)
+    j = metrics.MPII.index("rwri")
+    pred[1, j] += 500.0
+    counted = metrics.score_mpii(pred, gt, ann, boxes)
+    assert counted.per_joint["rwri"] == 50.0 and counted.joint_counts["rwri"] == 2
+    ann[1, j] = False
+    skipped = metrics.score_mpii(pred, gt, ann, boxes)
+    assert skipped.per_joint["rwri"] == 100.0 and skipped.joint_counts["rwri"] == 1
+    # also accepted: the official 0/1 jnt_missing turned into 1 = annotated
+    assert metrics.score_mpii(pred, gt, ann.astype(np.uint8), boxes).per_joint["rwri"] == 100.0
+
+
+def test_mpii_pelvis_and_thorax_shown_but_not_in_mean():
+    pred, gt, ann, boxes = mpii_case(3)
+    for name in ("pelv", "thor"):
+        pred[:, metrics.MPII.index(name)] += 500.0
+    r = metrics.score_mpii(pred, gt, ann, boxes)
+    assert r.per_joint["pelv"] == 0.0 and r.per_joint["thor"] == 0.0
+    assert r.mean == 100.0 and r.groups["Mean"] == 100.0
+    assert r.mean_excludes == ("pelv", "thor")
+
+
+def test_mpii_mean_is_count_weighted():
+    pred, gt, ann, boxes = mpii_case(2)
+    ann[1] = False
+    ann[1, metrics.MPII.index("rank")] = True  # person 1: only the right ankle, predicted wrong
+    pred[1, metrics.MPII.index("rank")] += 500.0
+    r = metrics.score_mpii(pred, gt, ann, boxes)
+    assert r.per_joint["rank"] == 50.0
+    # 14 joints in the Mean: rank counted twice (1 correct), 13 others once (all correct)
+    assert r.mean == pytest.approx(100.0 * 14 / 15, abs=1e-12)
+    assert r.groups["Ank."] == pytest.approx(75.0)  # groups are unweighted: (50 + 100) / 2
+    assert r.mean != pytest.approx((50.0 + 13 * 100.0) / 14)  # not the plain mean of joints
+
+
+def test_auc_and_mean_at_0_1_by_hand():
+    pred, gt, ann, boxes = mpii_case()  # head size 30
+    mean_joints = [j for j in range(16) if metrics.MPII.joints[j] not in ("pelv", "thor")]
+    # scaled errors: 4 joints 0 (correct at every threshold > 0: 50 of 51), 5 joints 0.125 (correct for
+    # t = 0.13 .. 0.5: 38 of 51), 5 joints 0.6 (never)
+    scaled = [0.0] * 4 + [0.125] * 5 + [0.6] * 5
+    for j, e in zip(mean_joints, scaled):
+        pred[0, j, 1] += e * 30.0
+    r = metrics.score_mpii(pred, gt, ann, boxes)
+    assert r.mean == pytest.approx(100.0 * 9 / 14)
+    assert r.extra["mean@0.1"] == pytest.approx(100.0 * 4 / 14)
+    assert r.auc == pytest.approx(100.0 * (4 * 50 + 5 * 38) / (14 * 51), abs=1e-12)
+
+
+def test_zero_head_size_is_an_error_only_with_annotated_joints():
+    pred, gt, ann, boxes = mpii_case(3)
+    boxes[1] = [[5.0, 5.0], [5.0, 5.0]]
+    with pytest.raises(ValueError, match=r"head size.*rows \[1\]"):
+        metrics.score_mpii(pred, gt, ann, boxes)
+    ann[1] = False  # nobody annotated there: the person is simply not counted
+    assert metrics.score_mpii(pred, gt, ann, boxes).joint_counts["head"] == 2
+
+
+def test_bad_shapes_are_rejected():
+    pred, gt, ann, boxes = mpii_case(2)
+    with pytest.raises(ValueError, match="do not match"):
+        metrics.score_mpii(pred[:1], gt, ann, boxes)
+    with pytest.raises(ValueError, match=r"\[N, 16, 2\]"):
+        metrics.score_mpii(pred[:, :14], gt[:, :14], ann[:, :14], boxes)
+    with pytest.raises(ValueError, match="unknown protocol"):
+        metrics.score("coco", pred, gt)
+
+
+def test_to_json_and_render():
+    import json
+
+    from rich.console import Console
+
+    pred, gt, ann, boxes = mpii_case(2)
+    ann[:, metrics.MPII.index("head")] = False  # never counted -> NaN -> null / "-"
+    r = metrics.score_mpii(pred, gt, ann, boxes)
+    out = json.loads(json.dumps(r.to_json(), allow_nan=False))
+    assert out["per_joint"]["head"] is None and out["groups"]["Head"] is None
+    assert out["groups"]["Mean"] == out["mean"] == 100.0 and out["mean@0.1"] == 100.0
+    assert out["metric"] == "PCKh" and out["threshold"] == 0.5 and out["count"] == 2
+    assert list(out["groups"]) == ["Head", "Sho.", "Elb.", "Wri.", "Hip", "Knee", "Ank.", "Mean"]
+    console = Console(width=100, record=True)
+    console.print(metrics.render(r))
+    text = console.export_text()
+    assert "Mean@0.1" in text and "AUC" in text and "100.00" in text and "98.04" in text  # 50/51 AUC
+
+
+# ---------------------------------------------------------------------------------------------------
+# LSP PCK@0.2 on the real ground truth (test split, images 1001-2000).
+
+LSP_LSHO, LSP_RHIP = 9, 2  # README.original.txt order: ... right hip (3rd) ... left shoulder (10th)
+
+
+@pytest.fixture(scope="module")
+def lsp_test_gt(lsp_root):
+    joints = scipy.io.loadmat(str(lsp_root / "joints.mat"))["joints"]  # 3 x 14 x 2000
+    return joints[:2, :, 1000:2000].transpose(2, 1, 0).astype(np.float64)  # [1000, 14, 2]
+
+
+def loop_lsp_pck(pred, gt, threshold):
+    n, nj, _ = gt.shape
+    scaled = [[0.0] * nj for _ in range(n)]
+    for i in range(n):
+        torso = math.dist(gt[i, LSP_LSHO], gt[i, LSP_RHIP])
+        for j in range(nj):
+            scaled[i][j] = math.dist(pred[i, j], gt[i, j]) / torso
+
+    def pck_at(t):
+        return [100.0 * sum(1 for i in range(n) if scaled[i][j] < t) / n for j in range(nj)]
+
+    pck = pck_at(threshold)
+    names = metrics.LSP.joints
+    groups = {g: sum(pck[names.index(x)] for x in members) / len(members)
+              for g, members in {**MPII_GROUPS, "Head": ("neck", "head")}.items()}
+    groups["Mean"] = sum(pck) / nj
+    auc = sum(sum(pck_at(0.5 * k / 50)) / nj for k in range(51)) / 51
+    return {"per_joint": dict(zip(names, pck)), "groups": groups, "mean": groups["Mean"], "auc": auc}
+
+
+def test_lsp_noisy_copy_matches_loop_reference(lsp_test_gt):
+    gt = lsp_test_gt
+    rng = np.random.default_rng(7)
+    pred = gt + rng.normal(0.0, 4.0, gt.shape)
+    far = rng.random(gt.shape[:2]) < 0.08
+    pred[far] += rng.uniform(20.0, 80.0, (int(far.sum()), 2))
+    r = metrics.score_lsp(pred, gt)
+    assert_same(r, loop_lsp_pck(pred, gt, 0.2))
+    assert r.count == 1000 and r.threshold == 0.2 and set(r.joint_counts.values()) == {1000}
+    assert 20 < r.mean < 100
+
+
+def test_lsp_perfect_copy_scores_100(lsp_test_gt):
+    r = metrics.score_lsp(lsp_test_gt.copy(), lsp_test_gt)
+    assert set(r.per_joint.values()) == {100.0} and set(r.groups.values()) == {100.0}
+    assert r.auc == pytest.approx(100.0 * 50 / 51)  # threshold 0 counts nothing under the strict rule
+
+
+def test_lsp_zero_torso_is_an_error(lsp_test_gt):
+    gt = lsp_test_gt[:5].copy()
+    gt[3, LSP_RHIP] = gt[3, LSP_LSHO]
+    with pytest.raises(ValueError, match=r"torso.*rows \[3\]"):
+        metrics.score_lsp(gt.copy(), gt)
