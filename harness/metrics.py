@@ -12,7 +12,8 @@ Conventions (all protocols):
 - Mean = 100 * (correct over counted joints not in `skeleton.mean_excludes`) / (their count), which is
   exactly the count-weighted mean of those joints' PCK (the official MPII script's ``jnt_ratio``).
 - AUC = the mean of the Mean-PCK over the thresholds ``auc_max * k / auc_steps`` for k = 0..auc_steps
-  (default 0, 0.01, ..., 0.5: 51 thresholds); in % like the other columns.
+  (default 0, 0.01, ..., 0.5: 51 thresholds); in % like the other columns. Under the strict rule nothing
+  is correct at threshold 0, so even a perfect prediction has AUC = 100 * 50 / 51 = 98.04.
 - A person with at least one counted joint must have a finite, positive norm; otherwise `ValueError`
   (naming the 0-based rows). Persons without counted joints are ignored whatever their norm.
 
