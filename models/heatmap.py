@@ -23,6 +23,7 @@ All functions are vectorised over batch and joints and work on CPU and CUDA tens
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -78,13 +79,45 @@ def target_weight(keypoints: torch.Tensor, visible: torch.Tensor, size: Sequence
 
 
 def render_gaussian(keypoints: torch.Tensor, visible: torch.Tensor, size: Sequence[int],
-                    sigma: float = 1.0) -> torch.Tensor:
+                    sigma: float = 1.0, backend: str = "auto") -> torch.Tensor:
     """Gaussian target maps [B, J, h, w]: exp(-d^2 / (2 sigma^2)), d the distance from each pixel
     centre to the (subpixel) keypoint given in heatmap coordinates [B, J, 2]. Peak value 1 when the
     keypoint sits on a pixel centre (unnormalised). All-zero maps where `target_weight` is 0.
 
     Computed in at least float32 (float64 stays float64), returned in the keypoints' float dtype.
+    backend: 'torch'; 'triton' (the fused kernel of models/heatmap_triton.py: CUDA tensors, or CPU
+    under TRITON_INTERPRET=1; float16/bfloat16/float32); 'auto' = triton for CUDA tensors of those
+    dtypes when triton is importable, torch otherwise.
     """
+    if backend == "triton" or (backend == "auto" and _triton_applies(keypoints)):
+        from models.heatmap_triton import render_gaussian_triton
+
+        return render_gaussian_triton(keypoints, visible, size, sigma)
+    if backend not in ("auto", "torch"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
+    return _render_gaussian_torch(keypoints, visible, size, sigma)
+
+
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # what the triton kernel takes
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether triton imports (tried once, on the first CUDA render with backend='auto')."""
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _triton_applies(keypoints: torch.Tensor) -> bool:
+    return (isinstance(keypoints, torch.Tensor) and keypoints.is_cuda and keypoints.dtype in TRITON_DTYPES
+            and triton_available())
+
+
+def _render_gaussian_torch(keypoints: torch.Tensor, visible: torch.Tensor, size: Sequence[int],
+                           sigma: float) -> torch.Tensor:
     weight = target_weight(keypoints, visible, size, sigma)
     h, w = int(size[0]), int(size[1])
     out_dtype = _float_dtype(keypoints)
