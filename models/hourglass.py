@@ -28,7 +28,8 @@ class Residual(nn.Module):
             nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
             nn.Conv2d(mid, out_channels, 1),
         )
-        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+        same = in_channels == out_channels
+        self.skip = nn.Identity() if same else nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x) + self.skip(x)

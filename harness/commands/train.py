@@ -1,0 +1,44 @@
+"""`python -m harness train [--preset NAME | --config FILE] [--run-dir DIR] [--resume auto|PATH] [key=value ...]`"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from harness.config import load_config, preset_names
+
+
+def register(sub, name: str) -> None:
+    p = sub.add_parser(name, help="train G (and D) on one process, or on many under torchrun/srun",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", help=f"one of: {', '.join(preset_names())}")
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--run-dir", help="output folder (default runs/<preset or config>-<time>)")
+    p.add_argument("--resume", help="'auto' (newest valid checkpoint in the run dir, if any) or a path")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from harness.trainer import EXIT_PREEMPTED, Preempted, Trainer
+
+    cfg = load_config(args.preset, args.config, args.overrides)
+    if args.run_dir:
+        run_dir = Path(args.run_dir)
+    else:
+        stem = args.preset or (Path(args.config).stem if args.config else "run")
+        run_dir = Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    trainer = Trainer(cfg, run_dir, resume=args.resume)
+    try:
+        summary = trainer.fit()
+    except Preempted:
+        return EXIT_PREEMPTED
+    finally:
+        trainer.rt.shutdown()
+    if summary:
+        trainer.log.info(f"held-out {summary['metric']} = {summary['value']:.2f}%  "
+                         f"(best {summary['best']['value']:.2f}% at step {summary['best']['step']}; "
+                         f"{summary['steps']} steps in {summary['wall_s']:.0f} s, "
+                         f"{summary['images_per_s']} img/s)  -> {run_dir / 'summary.json'}")
+    return 0

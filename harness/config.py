@@ -1,0 +1,236 @@
+"""Typed, validated run configuration: defaults < preset or YAML file < dotted command-line overrides.
+
+Every key is checked: an unknown key or a bad value is one `UserError` naming the key, e.g.
+`config: train.batch_size: Input should be greater than 0 (got -3)`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from harness.errors import UserError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    name: Literal["synthetic", "lsp", "mpii", "coco"] = "synthetic"
+    root: Path | None = Field(None, description="dataset folder (not used by synthetic)")
+    train_split: str | None = Field(None, description="default: the dataset's standard training split")
+    val_split: str | None = Field(None, description="default: the dataset's standard held-out split")
+    input_size: int = Field(256, ge=32, description="side of the square input crop, pixels")
+    heatmap_size: int = Field(64, ge=8, description="side of the square heatmaps")
+    sigma: float = Field(1.0, gt=0, description="Gaussian sigma of the targets, heatmap pixels")
+    rotation: float = Field(30.0, ge=0, le=180, description="max rotation, degrees (uniform +-)")
+    scale_jitter: float = Field(0.25, ge=0, lt=1, description="scale drawn from 1 +- this")
+    flip: bool = True
+    color_jitter: float = Field(0.2, ge=0, le=1)
+    num_workers: int = Field(2, ge=0)
+    on_bad_sample: Literal["skip", "raise"] = "skip"
+    max_val_samples: int | None = Field(None, ge=1, description="cap on held-out samples scored")
+    synthetic_train_size: int = Field(4000, ge=1)
+    synthetic_val_size: int = Field(256, ge=1)
+    synthetic_seed: int = 0
+
+    @model_validator(mode="after")
+    def _sizes(self):
+        if self.input_size % self.heatmap_size:
+            raise ValueError(f"input_size ({self.input_size}) must be a multiple of heatmap_size "
+                             f"({self.heatmap_size})")
+        if self.name != "synthetic" and self.root is None:
+            raise ValueError(f"data.root is required for data.name={self.name}")
+        return self
+
+
+class ModelConfig(_Strict):
+    stacks: int = Field(4, ge=1)
+    features: int = Field(256, ge=8, multiple_of=2)
+    residuals: int = Field(1, ge=1, description="residual modules per hourglass location")
+
+
+class DiscriminatorConfig(_Strict):
+    stacks: int = Field(1, ge=1)
+    features: int = Field(256, ge=8, multiple_of=2)
+    residuals: int = Field(1, ge=1)
+    conditional: bool = Field(True, description="D also sees the RGB image (3 + J input channels)")
+
+
+class SATConfig(_Strict):
+    """BEGAN-style objective of the SAT paper; defaults from the authors' code."""
+    gamma: float = Field(0.5, gt=0, le=1)
+    lambda_k: float = Field(1e-3, ge=0)
+    lambda_g: float = Field(1e-4, ge=0)
+    k0: float = Field(0.0, ge=0, le=1)
+
+
+class CGANConfig(_Strict):
+    """cGAN objective with per-joint d_fake targets (the thesis variant)."""
+    alpha: float = Field(1 / 200, ge=0)
+    delta: float = Field(0.003, gt=0)
+    distance: Literal["heatmap", "torso"] = "heatmap"
+
+
+class AdversarialConfig(_Strict):
+    objective: Literal["none", "sat", "cgan"] = "sat"
+    sat: SATConfig = SATConfig()
+    cgan: CGANConfig = CGANConfig()
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["rmsprop", "adam"] = "rmsprop"
+    lr: float = Field(2.5e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    alpha: float = Field(0.99, gt=0, lt=1, description="RMSprop smoothing constant")
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    milestones: list[int] = Field(default_factory=list, description="lr x gamma at each milestone")
+    milestone_unit: Literal["step", "epoch"] = "step"
+    gamma: float = Field(0.1, gt=0)
+
+
+class TrainConfig(_Strict):
+    batch_size: int = Field(6, ge=1, description="global batch (all ranks, one optimizer step)")
+    max_steps: int = Field(1000, ge=1, description="optimizer steps")
+    seed: int = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    val_every: int | None = Field(None, ge=1, description="validate every N steps (default: every epoch)")
+    log_every: int = Field(20, ge=1)
+    checkpoint_every: int | None = Field(None, ge=1, description="default: at every validation")
+    keep_last: int = Field(3, ge=1)
+    flip_test: bool = True
+    threads: int | None = Field(None, ge=1, description="torch CPU threads per process")
+    generator: OptimizerConfig = OptimizerConfig()
+    discriminator: OptimizerConfig = OptimizerConfig(name="adam", lr=8e-5)
+
+
+class DistributedConfig(_Strict):
+    strategy: Literal["ddp", "deepspeed"] = "ddp"
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    sync_batchnorm: bool = False
+    zero_stage: int = Field(0, ge=0, le=1, description="DeepSpeed ZeRO stage (2+ refused for a G/D pair)")
+
+
+class Config(_Strict):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    discriminator: DiscriminatorConfig = DiscriminatorConfig()
+    adversarial: AdversarialConfig = AdversarialConfig()
+    train: TrainConfig = TrainConfig()
+    distributed: DistributedConfig = DistributedConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+PRESET_PACKAGE = "harness.presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files(PRESET_PACKAGE).iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(text: str, where: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{where}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a mapping of config sections, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _known_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += _known_keys(ann, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`train.batch_size=8` -> (["train", "batch_size"], 8); values are parsed as YAML scalars/lists."""
+    if "=" not in item:
+        raise UserError(f"override {item!r} is not of the form key=value (e.g. train.max_steps=100)")
+    key, raw = item.split("=", 1)
+    path = key.strip().split(".")
+    if key.strip() not in _known_keys():
+        hint = difflib.get_close_matches(key.strip(), _known_keys(), n=1)
+        raise UserError(f"config: unknown key {key.strip()!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def _validate(data: dict[str, Any], where: str) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                hint = difflib.get_close_matches(loc, _known_keys(), n=1)
+                msg = "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            got = f" (got {err['input']!r})" if err["type"] != "extra_forbidden" and "input" in err \
+                and not isinstance(err["input"], dict) else ""
+            lines.append(f"{loc}: {msg}{got}" if loc else f"{msg}{got}")
+        raise UserError(f"config ({where}): " + "; ".join(lines)) from None
+
+
+def load_config(preset: str | None = None, config_file: str | Path | None = None,
+                overrides: list[str] = ()) -> Config:
+    """Resolve a run's config: defaults, then a preset or a YAML file, then `key=value` overrides."""
+    if preset and config_file:
+        raise UserError("give either --preset or --config, not both")
+    data: dict[str, Any] = {}
+    where = "defaults"
+    if preset:
+        if preset not in preset_names():
+            raise UserError(f"unknown preset {preset!r}; presets: {', '.join(preset_names())}")
+        data = _read_yaml(resources.files(PRESET_PACKAGE).joinpath(f"{preset}.yaml").read_text(), preset)
+        where = f"preset {preset}"
+    elif config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        data = _read_yaml(path.read_text(), str(path))
+        where = str(path)
+    for item in overrides:
+        keys, value = parse_override(item)
+        update: dict[str, Any] = {keys[-1]: value}
+        for k in reversed(keys[:-1]):
+            update = {k: update}
+        data = _merge(data, update)
+    if overrides:
+        where += " + overrides"
+    return _validate(data, where)
+
+
+def config_from_dict(data: dict[str, Any], where: str = "checkpoint") -> Config:
+    return _validate(data, where)

@@ -1,0 +1,94 @@
+"""Held-out evaluation: G's predictions (with flip test) mapped back to original-image pixels and scored
+with the official protocols of harness.metrics.
+
+The chain per batch: G(crop)[-1] (+ G(mirrored crop)[-1] flipped back and averaged) -> decode (argmax +
+quarter-pixel shift) -> heatmap -> crop pixels -> original pixels through the inverse crop affine.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from data_pipelines.records import NOT_ANNOTATED, PoseRecord
+from data_pipelines.skeletons import Skeleton
+from harness import metrics
+from models.heatmap import decode_heatmaps, flip_merge, heatmap_to_input, to_original
+
+# Which official protocol scores which dataset: LSP-layout data (LSP, synthetic) use PCK@0.2 with the
+# torso; MPII uses PCKh with head boxes (falls back to PCK@0.2-style torso scoring without them).
+PROTOCOL_OF = {"lsp": "lsp", "synthetic": "lsp", "mpii": "mpii"}
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+@torch.no_grad()
+def predict_heatmaps(generator: torch.nn.Module, images: torch.Tensor, flip_index: list[int] | None,
+                     precision: str = "fp32") -> torch.Tensor:
+    """Last-stack heatmaps [B, J, h, w] in float32; averaged with the flipped input's when flip_index."""
+    with autocast(images.device, precision):
+        heatmaps = generator(images)[-1].float()
+        if flip_index is not None:
+            flipped = generator(images.flip(-1))[-1].float()
+            heatmaps = flip_merge(heatmaps, flipped, flip_index)
+    return heatmaps
+
+
+@torch.no_grad()
+def predict_original(generator: torch.nn.Module, images: torch.Tensor, affine: torch.Tensor,
+                     flip_index: list[int] | None, precision: str = "fp32"
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keypoints in original-image pixels [B, J, 2] (0-based pixel centres) and confidences [B, J]."""
+    heatmaps = predict_heatmaps(generator, images, flip_index, precision)
+    coords, confidence = decode_heatmaps(heatmaps)
+    stride = images.shape[-1] / heatmaps.shape[-1]
+    return to_original(heatmap_to_input(coords, stride), affine.to(coords.device)), confidence
+
+
+@torch.no_grad()
+def predict_dataset(generator: torch.nn.Module, loader, device: torch.device, skeleton: Skeleton,
+                    flip_test: bool = True, precision: str = "fp32") -> dict[int, np.ndarray]:
+    """Dataset index -> [J, 2] predictions in original pixels, gathered from every rank."""
+    was_training = generator.training
+    generator.eval()
+    out: dict[int, np.ndarray] = {}
+    flip_index = skeleton.flip_index if flip_test else None
+    try:
+        for batch in loader:
+            images = batch["image"].to(device, non_blocking=True)
+            coords, _ = predict_original(generator, images, batch["affine"], flip_index, precision)
+            for i, c in zip(batch["index"].tolist(), coords.cpu().numpy()):
+                out[int(i)] = c
+    finally:
+        generator.train(was_training)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        parts: list[dict[int, np.ndarray]] = [None] * dist.get_world_size()  # type: ignore[list-item]
+        dist.all_gather_object(parts, out)
+        out = {k: v for part in parts for k, v in part.items()}
+    return out
+
+
+def score_records(records: list[PoseRecord], predictions: dict[int, np.ndarray], dataset: str,
+                  threshold: float | None = None) -> metrics.PCKResult:
+    """Score predictions (keyed by position in `records`) against the records' ground truth."""
+    keys = sorted(predictions)
+    if not keys:
+        raise ValueError("no predictions to score (empty held-out set?)")
+    pred = np.stack([predictions[k] for k in keys])
+    gt = np.stack([records[k].joints for k in keys])
+    protocol = PROTOCOL_OF.get(dataset, "lsp")
+    if protocol == "mpii" and all("headbox" in records[k].meta for k in keys):
+        annotated = np.stack([records[k].visibility != NOT_ANNOTATED for k in keys])
+        headboxes = np.stack([np.asarray(records[k].meta["headbox"], dtype=np.float64) for k in keys])
+        return metrics.score("mpii", pred, gt, annotated=annotated, headboxes=headboxes, threshold=threshold)
+    if gt.shape[1] != metrics.PROTOCOLS["lsp"].skeleton.num_joints:
+        raise ValueError(f"dataset {dataset!r}: no head boxes for PCKh and not in the LSP joint layout, "
+                         "so it cannot be scored by the official protocols")
+    return metrics.score("lsp", pred, gt, threshold=threshold)

@@ -1,0 +1,331 @@
+"""The training loop: data -> G/D step -> validation -> checkpoints, on one process or many.
+
+Resumability is by construction: the sample order of an epoch is a function of (seed, epoch), every
+sample's augmentation of (seed, epoch, index), the learning rate of the step number, and everything else
+(weights, optimizer moments, scalers, BatchNorm buffers, k_t, RNG) is in the checkpoint. So a run that is
+stopped and resumed on CPU ends with the same weights as one that was not, bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from data_pipelines.dataset import PoseDataset, make_loader
+from data_pipelines.registry import load_records, skeleton_for
+from data_pipelines.transforms import Augmentation, eval_transform, train_transform
+from harness import checkpoint as ckpt
+from harness.config import Config, OptimizerConfig
+from harness.distributed import Runtime, init_runtime
+from harness.errors import UserError
+from harness.evaluate import PROTOCOL_OF, predict_dataset, score_records
+from harness.runlog import RunLog
+from harness.step import Model, StepSettings, train_step, unwrap
+from models import losses
+from models.discriminator import PoseDiscriminator
+from models.hourglass import StackedHourglass
+
+# Exit code of a run that checkpointed on a preemption signal and wants to be requeued (slurm/train.sh).
+EXIT_PREEMPTED = 85
+
+
+class Preempted(Exception):
+    """Raised after the preemption checkpoint is written; the CLI exits with EXIT_PREEMPTED."""
+
+
+def build_generator(cfg: Config, num_joints: int) -> StackedHourglass:
+    return StackedHourglass(num_stacks=cfg.model.stacks, num_joints=num_joints, features=cfg.model.features,
+                            num_residual=cfg.model.residuals)
+
+
+def build_discriminator(cfg: Config, num_joints: int) -> PoseDiscriminator | None:
+    if cfg.adversarial.objective == "none":
+        return None
+    c = cfg.discriminator
+    return PoseDiscriminator(num_joints=num_joints, num_stacks=c.stacks, features=c.features,
+                             num_residual=c.residuals, conditional=c.conditional)
+
+
+def build_optimizer(params, c: OptimizerConfig) -> torch.optim.Optimizer:
+    if c.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=c.lr, alpha=c.alpha, eps=c.eps, weight_decay=c.weight_decay)
+    return torch.optim.Adam(params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay)
+
+
+def lr_at(c: OptimizerConfig, step: int, steps_per_epoch: int) -> float:
+    """Piecewise-constant schedule: lr * gamma^(milestones passed). A function of the step alone, so a
+    resumed run needs no scheduler state."""
+    scale = steps_per_epoch if c.milestone_unit == "epoch" else 1
+    return c.lr * c.gamma ** sum(step >= m * scale for m in c.milestones)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: str | Path, resume: str | None = None,
+                 interactive: bool | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.rt: Runtime = init_runtime(cfg.train.device, cfg.distributed.backend)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        t = cfg.train
+        if t.precision == "fp16" and self.rt.device.type != "cuda":
+            raise UserError("train.precision=fp16 needs a GPU (GradScaler); use bf16 or fp32 on CPU")
+        per_step = self.rt.world_size * t.grad_accum
+        if t.batch_size % per_step:
+            raise UserError(f"train.batch_size ({t.batch_size}) must be divisible by world size x grad_accum "
+                            f"({self.rt.world_size} x {t.grad_accum})")
+        self.micro_batch = t.batch_size // per_step
+        self.log = RunLog(self.run_dir, enabled=self.rt.is_main, total_steps=t.max_steps,
+                          interactive=interactive)
+        self._build_data()
+        self._build_models()
+        self.ckpts = ckpt.CheckpointManager(self.run_dir / "checkpoints", t.keep_last)
+        self.step, self.best = 0, {"value": None, "step": None}
+        self.skipped_files: set[str] = set()
+        self._stop_signal: str | None = None
+        resumed = ckpt.resolve_resume(resume, self.ckpts, warn=self.log.info)
+        if resumed is not None:
+            self._load_state(resumed[1])
+            self.log.info(f"resumed from {resumed[0]} at step {self.step}")
+
+    # -- construction ------------------------------------------------------------------------------
+    def _build_data(self) -> None:
+        c = self.cfg.data
+        self.skeleton = skeleton_for(c.name)
+        self.train_records = load_records(c, "train")
+        self.val_records = load_records(c, "val")
+        if c.max_val_samples:
+            self.val_records = self.val_records[: c.max_val_samples]
+        if len(self.train_records) < self.cfg.train.batch_size:
+            raise UserError(f"{c.name}: {len(self.train_records)} training samples, fewer than one batch "
+                            f"({self.cfg.train.batch_size})")
+        aug = Augmentation(rotation=c.rotation, scale=c.scale_jitter, flip=c.flip,
+                           color=c.color_jitter)
+        self.train_set = PoseDataset(self.train_records, self.skeleton,
+                                     train_transform(self.skeleton, c.input_size, c.heatmap_size, c.sigma, aug),
+                                     on_bad_sample=c.on_bad_sample)
+        self.val_set = PoseDataset(self.val_records, self.skeleton,
+                                   eval_transform(self.skeleton, c.input_size, c.heatmap_size, c.sigma),
+                                   on_bad_sample=c.on_bad_sample)
+        self.steps_per_epoch = len(self.train_set) // self.cfg.train.batch_size
+
+    def _loader(self, dataset: PoseDataset, epoch: int, train: bool, start_batch: int = 0):
+        return make_loader(dataset, batch_size=self.micro_batch if train else max(self.micro_batch, 8),
+                           seed=self.cfg.train.seed, epoch=epoch, rank=self.rt.rank,
+                           world_size=self.rt.world_size, num_workers=self.cfg.data.num_workers,
+                           shuffle=train, drop_last=train, start_batch=start_batch)
+
+    def _build_models(self) -> None:
+        cfg, dev = self.cfg, self.rt.device
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        J = self.skeleton.num_joints
+        g, d = build_generator(cfg, J), build_discriminator(cfg, J)
+        if cfg.distributed.sync_batchnorm and self.rt.distributed:
+            g = nn.SyncBatchNorm.convert_sync_batchnorm(g)
+            d = nn.SyncBatchNorm.convert_sync_batchnorm(d) if d is not None else None
+        g.to(dev)
+        if d is not None:
+            d.to(dev)
+        self.generator, self.discriminator = g, d  # unwrapped modules: the checkpointed state
+        scaler = (lambda: torch.amp.GradScaler("cuda")) if cfg.train.precision == "fp16" else (lambda: None)
+        if cfg.distributed.strategy == "deepspeed":
+            from harness.strategies.deepspeed_engine import wrap_pair
+            self.g, self.d = wrap_pair(self, g, d)
+        else:
+            wrap = self._ddp if self.rt.distributed else (lambda m: m)
+            self.g = Model(wrap(g), build_optimizer(g.parameters(), cfg.train.generator), scaler())
+            self.d = (Model(wrap(d), build_optimizer(d.parameters(), cfg.train.discriminator), scaler())
+                      if d is not None else None)
+        a = cfg.adversarial
+        self.balance = (losses.BEGANBalance(k=a.sat.k0, gamma=a.sat.gamma, lambda_k=a.sat.lambda_k)
+                        if a.objective == "sat" else None)
+        self.settings = StepSettings(objective=a.objective, precision=cfg.train.precision,
+                                     lambda_g=a.sat.lambda_g, alpha=a.cgan.alpha, delta=a.cgan.delta,
+                                     distance=a.cgan.distance, torso=self.skeleton.torso,
+                                     grad_accum=cfg.train.grad_accum)
+
+    def _ddp(self, module: nn.Module) -> nn.Module:
+        dev = self.rt.device
+        return nn.parallel.DistributedDataParallel(
+            module, device_ids=[dev.index] if dev.type == "cuda" else None, broadcast_buffers=True)
+
+    # -- state -------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        def sd(x):
+            return x.state_dict() if x is not None else {}
+        return {
+            "generator": self.generator.state_dict(),
+            "discriminator": sd(self.discriminator),
+            "optim_g": sd(self.g.optimizer),
+            "optim_d": sd(self.d.optimizer if self.d else None),
+            "scaler_g": sd(self.g.scaler),
+            "scaler_d": sd(self.d.scaler if self.d else None),
+            "balance": self.balance.state_dict() if self.balance else {},
+            "step": self.step,
+            "epoch": self.step // max(self.steps_per_epoch, 1),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "best": dict(self.best),
+            "config": self.cfg.to_dict(),
+        }
+
+    def _load_state(self, s: dict[str, Any]) -> None:
+        try:
+            self.generator.load_state_dict(s["generator"])
+            if self.discriminator is not None:
+                self.discriminator.load_state_dict(s["discriminator"])
+            self.g.optimizer.load_state_dict(s["optim_g"])
+            if self.d is not None:
+                self.d.optimizer.load_state_dict(s["optim_d"])
+            for model, key in ((self.g, "scaler_g"), (self.d, "scaler_d")):
+                if model is not None and model.scaler is not None and s.get(key):
+                    model.scaler.load_state_dict(s[key])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise UserError(f"checkpoint does not fit this config (model size/objective changed?): {exc}") \
+                from None
+        if self.balance is not None and s.get("balance"):
+            self.balance.load_state_dict(s["balance"])
+        self.step = int(s["step"])
+        self.best = dict(s.get("best") or self.best)
+        torch.set_rng_state(s["rng"]["torch"])
+        if s["rng"].get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(s["rng"]["cuda"])
+
+    def save(self, is_best: bool = False) -> Path | None:
+        path = self.ckpts.save(self.state(), is_best) if self.rt.is_main else None
+        self.rt.barrier()
+        return path
+
+    # -- signals -----------------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> None:
+        def handler(signum, _frame):
+            self._stop_signal = signal.Signals(signum).name
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, handler)
+
+    # -- loop --------------------------------------------------------------------------------------
+    def validate(self) -> Any:
+        c = self.cfg
+        loader = self._loader(self.val_set, epoch=0, train=False)
+        preds = predict_dataset(unwrap(self.g.module), loader, self.rt.device, self.skeleton,
+                                flip_test=c.train.flip_test, precision=c.train.precision)
+        return score_records(self.val_records, preds, c.data.name) if self.rt.is_main else None
+
+    def _after_validation(self, result) -> None:
+        value = result.mean if result is not None else None
+        is_best = False
+        if self.rt.is_main:
+            is_best = self.best["value"] is None or value > self.best["value"]
+            if is_best:
+                self.best = {"value": float(value), "step": self.step}
+            self.log.record("val", step=self.step, metric=f"{result.metric}@{result.threshold:g}",
+                            value=value, auc=result.auc, per_joint=result.to_json()["per_joint"])
+            self.log.info(f"val step={self.step} {result.metric}@{result.threshold:g}={value:.2f} "
+                          f"AUC={result.auc:.2f} best={self.best['value']:.2f}@{self.best['step']}")
+        is_best = self.rt.any(is_best)
+        self.save(is_best)
+
+    def fit(self) -> dict[str, Any]:
+        cfg, t = self.cfg, self.cfg.train
+        self._install_signal_handlers()
+        self.log.record("start", config=cfg.to_dict(), world_size=self.rt.world_size,
+                        device=str(self.rt.device), resumed_step=self.step)
+        self.log.info(f"training {cfg.adversarial.objective} G={cfg.model.stacks}x{cfg.model.features} on "
+                      f"{cfg.data.name} ({len(self.train_set)} train / {len(self.val_set)} val), "
+                      f"{self.rt.world_size} process(es) on {self.rt.device}, "
+                      f"{self.steps_per_epoch} steps/epoch")
+        val_every = t.val_every or self.steps_per_epoch
+        ckpt_every = t.checkpoint_every
+        images, train_time, last_result = 0, 0.0, None
+        t_start = time.time()
+        self.log.start(self.step)
+        try:
+            while self.step < t.max_steps:
+                epoch, offset = divmod(self.step, self.steps_per_epoch)
+                loader = iter(self._loader(self.train_set, epoch, True, start_batch=offset * t.grad_accum))
+                for _ in range(offset, self.steps_per_epoch):
+                    if self.step >= t.max_steps:
+                        break
+                    t0 = time.time()
+                    micro = [next(loader) for _ in range(t.grad_accum)]
+                    for group in (("g", t.generator), ("d", t.discriminator)):
+                        model = getattr(self, group[0])
+                        if model is not None:
+                            for pg in model.optimizer.param_groups:
+                                pg["lr"] = lr_at(group[1], self.step, self.steps_per_epoch)
+                    values = train_step(micro, self.g, self.d, self.settings, self.balance, self.rt.device)
+                    names = sorted(values)
+                    reduced = self.rt.mean(torch.tensor([values[k] for k in names], dtype=torch.float64,
+                                                        device=self.rt.device)).tolist()
+                    values = dict(zip(names, reduced))
+                    if self.balance is not None:
+                        values["k"] = self.balance.update(values["l_real"], values["l_fake"])
+                        values["convergence"] = self.balance.convergence(values["l_real"], values["l_fake"])
+                    self.step += 1
+                    n_img = sum(len(b["image"]) for b in micro) * self.rt.world_size
+                    images += n_img
+                    train_time += time.time() - t0
+                    for b in micro:
+                        self.skipped_files.update(b.get("skipped", []))
+                    values["lr_g"] = self.g.optimizer.param_groups[0]["lr"]
+                    values["images_per_s"] = n_img / max(time.time() - t0, 1e-9)
+                    if not all(math.isfinite(v) for v in values.values()):
+                        self.save()
+                        raise UserError(f"non-finite loss at step {self.step}: {values}; state saved to "
+                                        f"{self.ckpts.dir}")
+                    show = self.step % t.log_every == 0 or self.step == 1
+                    if show:
+                        self.log.record("train", step=self.step, epoch=epoch, **values)
+                    self.log.step(self.step, values, show)
+                    if self.step % val_every == 0 or self.step == t.max_steps:
+                        last_result = self.validate()
+                        self._after_validation(last_result)
+                    elif ckpt_every and self.step % ckpt_every == 0:
+                        self.save()
+                    if self.rt.any(self._stop_signal is not None):
+                        self.save()
+                        self.log.info(f"preemption signal ({self._stop_signal or 'on another rank'}): "
+                                      f"checkpoint at step {self.step} written, exiting {EXIT_PREEMPTED}")
+                        raise Preempted()
+        finally:
+            self.log.stop()
+        wall = time.time() - t_start
+        if last_result is None:  # resumed at max_steps, or nothing left to do
+            last_result = self.validate()
+        return self._summary(last_result, wall, images, train_time)
+
+    def _summary(self, result, wall: float, images: int, train_time: float) -> dict[str, Any]:
+        if not self.rt.is_main:
+            return {}
+        j = result.to_json()
+        summary = {
+            "metric": f"{result.metric}@{result.threshold:g}",
+            "value": result.mean,
+            "auc": result.auc,
+            "per_joint": j["per_joint"],
+            "groups": j["groups"],
+            "best": self.best,
+            "steps": self.step,
+            "wall_s": round(wall, 2),
+            "images_per_s": round(images / train_time, 2) if train_time else None,
+            "objective": self.cfg.adversarial.objective,
+            "dataset": self.cfg.data.name,
+            "protocol": PROTOCOL_OF.get(self.cfg.data.name, "lsp"),
+            "world_size": self.rt.world_size,
+            "device": str(self.rt.device),
+            "skipped_samples": sorted(self.skipped_files),
+        }
+        path = self.run_dir / "summary.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(tmp, path)
+        self.log.record("summary", **summary)
+        return summary

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): set up .venv with the test extras, lint, run the whole suite.
+# Extra arguments go to pytest, e.g. scripts/test.sh -k metrics -x
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh dev,deepspeed
+.venv/bin/ruff check .
+exec .venv/bin/python -m pytest "$@"
