@@ -32,6 +32,7 @@ from harness.step import Model, StepSettings, train_step, unwrap
 from models import losses
 from models.discriminator import PoseDiscriminator
 from models.hourglass import StackedHourglass
+from models.sync_batchnorm import convert_sync_batchnorm
 
 # Exit code of a run that checkpointed on a preemption signal and wants to be requeued (slurm/train.sh).
 EXIT_PREEMPTED = 85
@@ -129,8 +130,8 @@ class Trainer:
         J = self.skeleton.num_joints
         g, d = build_generator(cfg, J), build_discriminator(cfg, J)
         if cfg.distributed.sync_batchnorm and self.rt.distributed:
-            g = nn.SyncBatchNorm.convert_sync_batchnorm(g)
-            d = nn.SyncBatchNorm.convert_sync_batchnorm(d) if d is not None else None
+            g = convert_sync_batchnorm(g, self.rt.device)
+            d = convert_sync_batchnorm(d, self.rt.device) if d is not None else None
         g.to(dev)
         if d is not None:
             d.to(dev)

@@ -212,15 +212,17 @@ def d_fake_targets(prediction: torch.Tensor, target: torch.Tensor, delta: float 
 
 
 def _weighted_bce(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    """Mean over batch and joints of BCE-with-logits; with `weight` the weighted mean sum(w l) / sum(w)
-    (0 when every weight is 0)."""
+    """Mean over batch and joints of BCE-with-logits, each term multiplied by `weight` when given:
+    sum(w l) / (B J), like heatmap_mse's masking. Normalising by the element count rather than by sum(w)
+    keeps the loss of a global batch equal to the mean of its equal shards' losses, so data-parallel ranks
+    and a single process compute the same gradient."""
     cdt = torch.promote_types(logits.dtype, torch.float32)
     loss = F.binary_cross_entropy_with_logits(logits.to(cdt), labels.to(device=logits.device, dtype=cdt),
                                               reduction="none")
     if weight is None:
         return loss.mean()
     w = weight.to(device=logits.device, dtype=cdt)
-    return (loss * w).sum() / w.sum().clamp_min(1e-12)
+    return (loss * w).mean()
 
 
 def cgan_discriminator_loss(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, image: torch.Tensor | None,
@@ -228,7 +230,7 @@ def cgan_discriminator_loss(D: nn.Module, real: torch.Tensor, fake: torch.Tensor
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """D's cGAN loss: (L_D, L_real, L_fake) with L_real = BCE(D(C, X).logits, 1), L_fake =
     BCE(D(C^.detach(), X).logits, d_fake) (d_fake from `d_fake_targets`), L_D = L_real + L_fake, each a
-    mean over batch and joints (weighted mean with `weight` [B, J], e.g. to mask unannotated joints).
+    mean over batch and joints (terms multiplied by `weight` [B, J], e.g. to mask unannotated joints).
     All three are graph-attached; D's parameters get gradient from both terms, G none."""
     _check_pair("fake", fake, "real", real)
     _check_weight(d_fake, real, "d_fake")

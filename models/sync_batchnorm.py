@@ -1,0 +1,57 @@
+"""BatchNorm with statistics over the global batch of all ranks, on any device and process-group backend.
+
+torch.nn.SyncBatchNorm does this for GPUs only; `CrossRankBatchNorm2d` does it with differentiable
+all-reduces (torch.distributed.nn), so it also runs on CPU with gloo - which is what makes a 2-process
+run and a 1-process run of the same global batch produce the same weights. `convert_sync_batchnorm`
+picks torch's CUDA kernel on GPUs and this module elsewhere.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+class CrossRankBatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d whose training-mode mean and variance are taken over every rank's samples."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        c = x.shape[1]
+        xf = x.float()
+        count = torch.tensor([x.numel() / c], device=x.device, dtype=torch.float32)
+        n = all_reduce(count)
+        mean = all_reduce(xf.sum(dim=(0, 2, 3))) / n
+        centred = xf - mean.view(1, c, 1, 1)
+        var = all_reduce(centred.pow(2).sum(dim=(0, 2, 3))) / n  # biased, used to normalise
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = (1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum)
+                unbiased = var * (n / (n - 1).clamp_min(1))
+                self.running_mean.mul_(1 - momentum).add_(momentum * mean.to(self.running_mean.dtype))
+                self.running_var.mul_(1 - momentum).add_(momentum * unbiased.to(self.running_var.dtype))
+        y = centred * torch.rsqrt(var + self.eps).view(1, c, 1, 1)
+        if self.affine:
+            y = y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
+        return y.to(x.dtype)
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm2d of `module` made cross-rank: torch's SyncBatchNorm on CUDA, CrossRankBatchNorm2d
+    elsewhere. Parameters and buffers are kept."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, CrossRankBatchNorm2d):
+        new = CrossRankBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                                   module.track_running_stats)
+        new.load_state_dict(module.state_dict())
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        module.add_module(name, convert_sync_batchnorm(child, device))
+    return module
