@@ -26,6 +26,9 @@ class DataConfig(_Strict):
     root: Path | None = Field(None, description="dataset folder (not used by synthetic)")
     train_split: str | None = Field(None, description="default: the dataset's standard training split")
     val_split: str | None = Field(None, description="default: the dataset's standard held-out split")
+    annotation_file: Path | None = Field(None, description="mpii/coco: annotation file other than the default")
+    validation_gt: Path | None = Field(
+        None, description="mpii: official validation GT .mat; held-out records follow its order, with head boxes")
     input_size: int = Field(256, ge=32, description="side of the square input crop, pixels")
     heatmap_size: int = Field(64, ge=8, description="side of the square heatmaps")
     sigma: float = Field(1.0, gt=0, description="Gaussian sigma of the targets, heatmap pixels")
@@ -35,7 +38,8 @@ class DataConfig(_Strict):
     color_jitter: float = Field(0.2, ge=0, le=1)
     num_workers: int = Field(2, ge=0)
     on_bad_sample: Literal["skip", "raise"] = "skip"
-    max_val_samples: int | None = Field(None, ge=1, description="cap on held-out samples scored")
+    max_train_samples: int | None = Field(None, ge=1, description="use only the first N training records")
+    max_val_samples: int | None = Field(None, ge=1, description="score only the first N held-out records")
     synthetic_train_size: int = Field(4000, ge=1)
     synthetic_val_size: int = Field(256, ge=1)
     synthetic_seed: int = 0

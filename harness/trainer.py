@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from data_pipelines.dataset import PoseDataset, make_loader
-from data_pipelines.registry import load_records, skeleton_for
+from data_pipelines.registry import dataset_info, load_records, skeleton_for
 from data_pipelines.transforms import Augmentation, eval_transform, train_transform
 from harness import checkpoint as ckpt
-from harness.config import Config, OptimizerConfig
+from harness.config import Config, DataConfig, OptimizerConfig
 from harness.distributed import Runtime, init_runtime
 from harness.errors import UserError
 from harness.evaluate import PROTOCOL_OF, predict_dataset, score_records
@@ -40,6 +40,22 @@ EXIT_PREEMPTED = 85
 
 class Preempted(Exception):
     """Raised after the preemption checkpoint is written; the CLI exits with EXIT_PREEMPTED."""
+
+
+def load_split(c: DataConfig, which: str, split: str | None = None) -> list:
+    """Records of the training ("train") or held-out ("val") part of the configured dataset."""
+    info = dataset_info(c.name)
+    split = split or (c.train_split if which == "train" else c.val_split) or \
+        (info.train_split if which == "train" else info.eval_split)
+    opts: dict[str, Any] = {}
+    if c.name == "synthetic":
+        opts = {"seed": c.synthetic_seed,
+                "size": c.synthetic_train_size if which == "train" else c.synthetic_val_size}
+    elif c.name == "mpii":
+        opts = {"annotation_file": c.annotation_file, "validation_gt": c.validation_gt}
+    elif c.name == "coco" and c.annotation_file:
+        opts = {"annotation_file": c.annotation_file}
+    return load_records(c.name, c.root, split, **opts)
 
 
 def build_generator(cfg: Config, num_joints: int) -> StackedHourglass:
@@ -89,7 +105,9 @@ class Trainer:
         self._build_data()
         self._build_models()
         self.ckpts = ckpt.CheckpointManager(self.run_dir / "checkpoints", t.keep_last)
-        self.step, self.best = 0, {"value": None, "step": None}
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.best: dict[str, Any] = {"value": None, "step": None}
+        self._validated_step = -1
         self.skipped_files: set[str] = set()
         self._stop_signal: str | None = None
         resumed = ckpt.resolve_resume(resume, self.ckpts, warn=self.log.info)
@@ -101,10 +119,10 @@ class Trainer:
     def _build_data(self) -> None:
         c = self.cfg.data
         self.skeleton = skeleton_for(c.name)
-        self.train_records = load_records(c, "train")
-        self.val_records = load_records(c, "val")
-        if c.max_val_samples:
-            self.val_records = self.val_records[: c.max_val_samples]
+        self.train_records = load_split(c, "train")
+        self.val_records = load_split(c, "val")
+        self.train_records = self.train_records[: c.max_train_samples]
+        self.val_records = self.val_records[: c.max_val_samples]
         if len(self.train_records) < self.cfg.train.batch_size:
             raise UserError(f"{c.name}: {len(self.train_records)} training samples, fewer than one batch "
                             f"({self.cfg.train.batch_size})")
@@ -171,7 +189,8 @@ class Trainer:
             "scaler_d": sd(self.d.scaler if self.d else None),
             "balance": self.balance.state_dict() if self.balance else {},
             "step": self.step,
-            "epoch": self.step // max(self.steps_per_epoch, 1),
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "best": dict(self.best),
@@ -195,6 +214,7 @@ class Trainer:
         if self.balance is not None and s.get("balance"):
             self.balance.load_state_dict(s["balance"])
         self.step = int(s["step"])
+        self.epoch, self.batch_in_epoch = int(s["epoch"]), int(s.get("batch_in_epoch", 0))
         self.best = dict(s.get("best") or self.best)
         torch.set_rng_state(s["rng"]["torch"])
         if s["rng"].get("cuda") and torch.cuda.is_available():
@@ -221,6 +241,7 @@ class Trainer:
         return score_records(self.val_records, preds, c.data.name) if self.rt.is_main else None
 
     def _after_validation(self, result) -> None:
+        self._validated_step = self.step
         value = result.mean if result is not None else None
         is_best = False
         if self.rt.is_main:
@@ -234,6 +255,35 @@ class Trainer:
         is_best = self.rt.any(is_best)
         self.save(is_best)
 
+    def _set_lr(self) -> None:
+        t = self.cfg.train
+        for model, c in ((self.g, t.generator), (self.d, t.discriminator)):
+            if model is not None:
+                for group in model.optimizer.param_groups:
+                    group["lr"] = lr_at(c, self.step, self.steps_per_epoch)
+
+    def _train_step(self, micro: list[dict]) -> dict[str, float]:
+        t0 = time.time()
+        self._set_lr()
+        values = train_step(micro, self.g, self.d, self.settings, self.balance, self.rt.device)
+        names = sorted(values)
+        reduced = self.rt.mean(torch.tensor([values[k] for k in names], dtype=torch.float64,
+                                            device=self.rt.device)).tolist()
+        values = dict(zip(names, reduced))
+        if self.balance is not None:  # k_t from rank-averaged losses: identical on every rank
+            values["convergence"] = self.balance.convergence(values["l_real"], values["l_fake"])
+            values["k"] = self.balance.update(values["l_real"], values["l_fake"])
+        self.step += 1
+        n_img = sum(int(b["num_samples"]) for b in micro) * self.rt.world_size
+        self._images += n_img
+        self._train_time += time.time() - t0
+        values["lr_g"] = self.g.optimizer.param_groups[0]["lr"]
+        values["images_per_s"] = n_img / max(time.time() - t0, 1e-9)
+        if not all(math.isfinite(v) for v in values.values()):
+            self.save()
+            raise UserError(f"non-finite loss at step {self.step}: {values}; last state saved in {self.ckpts.dir}")
+        return values
+
     def fit(self) -> dict[str, Any]:
         cfg, t = self.cfg, self.cfg.train
         self._install_signal_handlers()
@@ -243,67 +293,62 @@ class Trainer:
                       f"{cfg.data.name} ({len(self.train_set)} train / {len(self.val_set)} val), "
                       f"{self.rt.world_size} process(es) on {self.rt.device}, "
                       f"{self.steps_per_epoch} steps/epoch")
-        val_every = t.val_every or self.steps_per_epoch
-        ckpt_every = t.checkpoint_every
-        images, train_time, last_result = 0, 0.0, None
+        self._images, self._train_time, last_result = 0, 0.0, None
         t_start = time.time()
         self.log.start(self.step)
         try:
             while self.step < t.max_steps:
-                epoch, offset = divmod(self.step, self.steps_per_epoch)
-                loader = iter(self._loader(self.train_set, epoch, True, start_batch=offset * t.grad_accum))
-                for _ in range(offset, self.steps_per_epoch):
-                    if self.step >= t.max_steps:
-                        break
-                    t0 = time.time()
-                    micro = [next(loader) for _ in range(t.grad_accum)]
-                    for group in (("g", t.generator), ("d", t.discriminator)):
-                        model = getattr(self, group[0])
-                        if model is not None:
-                            for pg in model.optimizer.param_groups:
-                                pg["lr"] = lr_at(group[1], self.step, self.steps_per_epoch)
-                    values = train_step(micro, self.g, self.d, self.settings, self.balance, self.rt.device)
-                    names = sorted(values)
-                    reduced = self.rt.mean(torch.tensor([values[k] for k in names], dtype=torch.float64,
-                                                        device=self.rt.device)).tolist()
-                    values = dict(zip(names, reduced))
-                    if self.balance is not None:
-                        values["k"] = self.balance.update(values["l_real"], values["l_fake"])
-                        values["convergence"] = self.balance.convergence(values["l_real"], values["l_fake"])
-                    self.step += 1
-                    n_img = sum(len(b["image"]) for b in micro) * self.rt.world_size
-                    images += n_img
-                    train_time += time.time() - t0
-                    for b in micro:
-                        self.skipped_files.update(b.get("skipped", []))
-                    values["lr_g"] = self.g.optimizer.param_groups[0]["lr"]
-                    values["images_per_s"] = n_img / max(time.time() - t0, 1e-9)
-                    if not all(math.isfinite(v) for v in values.values()):
-                        self.save()
-                        raise UserError(f"non-finite loss at step {self.step}: {values}; state saved to "
-                                        f"{self.ckpts.dir}")
+                loader = self._loader(self.train_set, self.epoch, True, start_batch=self.batch_in_epoch)
+                micro: list[dict] = []
+                epoch_done = True
+                for batch in loader:
+                    micro.append(batch)
+                    if len(micro) < t.grad_accum:
+                        continue
+                    values = self._train_step(micro)
+                    micro = []
+                    self.batch_in_epoch = batch["batch_index"] + 1
                     show = self.step % t.log_every == 0 or self.step == 1
                     if show:
-                        self.log.record("train", step=self.step, epoch=epoch, **values)
+                        self.log.record("train", step=self.step, epoch=self.epoch, **values)
                     self.log.step(self.step, values, show)
-                    if self.step % val_every == 0 or self.step == t.max_steps:
+                    last_result = self._checkpoint_if_due(last_result)
+                    if self.step >= t.max_steps:
+                        epoch_done = self.batch_in_epoch >= len(loader)
+                        break
+                self.skipped_files.update(loader.skipped_files)
+                if epoch_done:
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    if t.val_every is None and self.step < t.max_steps:
                         last_result = self.validate()
                         self._after_validation(last_result)
-                    elif ckpt_every and self.step % ckpt_every == 0:
-                        self.save()
-                    if self.rt.any(self._stop_signal is not None):
-                        self.save()
-                        self.log.info(f"preemption signal ({self._stop_signal or 'on another rank'}): "
-                                      f"checkpoint at step {self.step} written, exiting {EXIT_PREEMPTED}")
-                        raise Preempted()
         finally:
             self.log.stop()
-        wall = time.time() - t_start
-        if last_result is None:  # resumed at max_steps, or nothing left to do
+        if last_result is None or self._validated_step != self.step:
             last_result = self.validate()
-        return self._summary(last_result, wall, images, train_time)
+            self._after_validation(last_result)
+        return self._summary(last_result, time.time() - t_start)
 
-    def _summary(self, result, wall: float, images: int, train_time: float) -> dict[str, Any]:
+    def _checkpoint_if_due(self, last_result):
+        t = self.cfg.train
+        if (t.val_every and self.step % t.val_every == 0) or self.step == t.max_steps:
+            last_result = self.validate()
+            self._after_validation(last_result)
+        elif t.checkpoint_every and self.step % t.checkpoint_every == 0:
+            self.save()
+        if self.rt.any(self._stop_signal is not None):
+            self.save()
+            self.log.info(f"preemption signal ({self._stop_signal or 'on another rank'}): checkpoint at "
+                          f"step {self.step} written, exiting {EXIT_PREEMPTED}")
+            raise Preempted()
+        return last_result
+
+    def _summary(self, result, wall: float) -> dict[str, Any]:
+        skipped = sorted(self.skipped_files)
+        if self.rt.distributed:
+            parts: list = [None] * self.rt.world_size
+            torch.distributed.all_gather_object(parts, skipped)
+            skipped = sorted({f for part in parts for f in part})
         if not self.rt.is_main:
             return {}
         j = result.to_json()
@@ -316,13 +361,13 @@ class Trainer:
             "best": self.best,
             "steps": self.step,
             "wall_s": round(wall, 2),
-            "images_per_s": round(images / train_time, 2) if train_time else None,
+            "images_per_s": round(self._images / self._train_time, 2) if self._train_time else None,
             "objective": self.cfg.adversarial.objective,
             "dataset": self.cfg.data.name,
             "protocol": PROTOCOL_OF.get(self.cfg.data.name, "lsp"),
             "world_size": self.rt.world_size,
             "device": str(self.rt.device),
-            "skipped_samples": sorted(self.skipped_files),
+            "skipped_samples": skipped,
         }
         path = self.run_dir / "summary.json"
         tmp = path.with_suffix(".json.tmp")

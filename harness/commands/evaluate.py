@@ -34,14 +34,14 @@ def run(args) -> int:
 
     from data_pipelines.dataset import PoseDataset, make_loader
     from data_pipelines.records import ONE_BASED
-    from data_pipelines.registry import load_records, skeleton_for
+    from data_pipelines.registry import skeleton_for
     from data_pipelines.transforms import eval_transform
     from harness import checkpoint as ckpt
     from harness import metrics
     from harness.config import config_from_dict
     from harness.errors import UserError
     from harness.evaluate import predict_dataset, score_records
-    from harness.trainer import build_generator
+    from harness.trainer import build_generator, load_split
 
     state = ckpt.load(args.checkpoint)
     data = dict(state["config"]["data"])
@@ -59,7 +59,7 @@ def run(args) -> int:
                         f"({skeleton.num_joints} joints): {exc}") from None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     generator.to(device)
-    records = load_records(cfg.data, "val", split=args.split)
+    records = load_split(cfg.data, "val", split=args.split)
     c = cfg.data
     dataset = PoseDataset(records, skeleton, eval_transform(skeleton, c.input_size, c.heatmap_size, c.sigma),
                           on_bad_sample=c.on_bad_sample)
