@@ -35,8 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
-from torch.utils.data._utils.collate import default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
 from data_pipelines.images import BadImageError, load_image
 from data_pipelines.records import PoseRecord
