@@ -1,0 +1,1 @@
+"""Training strategies other than plain DDP. Each module imports its framework lazily."""
