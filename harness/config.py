@@ -89,10 +89,11 @@ class AdversarialConfig(_Strict):
 
 
 class OptimizerConfig(_Strict):
-    name: Literal["rmsprop", "adam"] = "rmsprop"
+    name: Literal["rmsprop", "adam", "sgd"] = "rmsprop"
     lr: float = Field(2.5e-4, gt=0)
     betas: tuple[float, float] = (0.9, 0.999)
     alpha: float = Field(0.99, gt=0, lt=1, description="RMSprop smoothing constant")
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum")
     eps: float = Field(1e-8, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     milestones: list[int] = Field(default_factory=list, description="lr x gamma at each milestone")
@@ -104,7 +105,8 @@ class TrainConfig(_Strict):
     batch_size: int = Field(6, ge=1, description="global batch (all ranks, one optimizer step)")
     max_steps: int = Field(1000, ge=1, description="optimizer steps")
     seed: int = 0
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16", "fp64"] = Field(
+        "fp32", description="bf16/fp16: autocast mixed precision (fp16 GPU only); fp64: for numerical checks")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     val_every: int | None = Field(None, ge=1, description="validate every N steps (default: every epoch)")

@@ -7,8 +7,6 @@ quarter-pixel shift) -> heatmap -> crop pixels -> original pixels through the in
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -16,6 +14,7 @@ import torch.distributed as dist
 from data_pipelines.records import NOT_ANNOTATED, PoseRecord
 from data_pipelines.skeletons import Skeleton
 from harness import metrics
+from harness.precision import autocast, param_dtype
 from models.heatmap import decode_heatmaps, flip_merge, heatmap_to_input, to_original
 
 # Which official protocol scores which dataset: LSP-layout data (LSP, synthetic) use PCK@0.2 with the
@@ -23,16 +22,11 @@ from models.heatmap import decode_heatmaps, flip_merge, heatmap_to_input, to_ori
 PROTOCOL_OF = {"lsp": "lsp", "synthetic": "lsp", "mpii": "mpii"}
 
 
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
 @torch.no_grad()
 def predict_heatmaps(generator: torch.nn.Module, images: torch.Tensor, flip_index: list[int] | None,
                      precision: str = "fp32") -> torch.Tensor:
     """Last-stack heatmaps [B, J, h, w] in float32; averaged with the flipped input's when flip_index."""
+    images = images.to(param_dtype(precision))
     with autocast(images.device, precision):
         heatmaps = generator(images)[-1].float()
         if flip_index is not None:
@@ -77,18 +71,20 @@ def predict_dataset(generator: torch.nn.Module, loader, device: torch.device, sk
 
 def score_records(records: list[PoseRecord], predictions: dict[int, np.ndarray], dataset: str,
                   threshold: float | None = None) -> metrics.PCKResult:
-    """Score predictions (keyed by position in `records`) against the records' ground truth."""
-    keys = sorted(predictions)
-    if not keys:
-        raise ValueError("no predictions to score (empty held-out set?)")
-    pred = np.stack([predictions[k] for k in keys])
-    gt = np.stack([records[k].joints for k in keys])
+    """Score predictions (keyed by position in `records`) against every record's ground truth. A record
+    without a prediction (its image was skipped as unreadable) counts as wrong on all its joints."""
+    if not records:
+        raise ValueError("no held-out records to score")
+    num_joints = records[0].num_joints
+    missing = np.full((num_joints, 2), np.nan)
+    pred = np.stack([predictions.get(i, missing) for i in range(len(records))])
+    gt = np.stack([r.joints for r in records])
     protocol = PROTOCOL_OF.get(dataset, "lsp")
-    if protocol == "mpii" and all("headbox" in records[k].meta for k in keys):
-        annotated = np.stack([records[k].visibility != NOT_ANNOTATED for k in keys])
-        headboxes = np.stack([np.asarray(records[k].meta["headbox"], dtype=np.float64) for k in keys])
+    if protocol == "mpii" and all("headbox" in r.meta for r in records):
+        annotated = np.stack([r.visibility != NOT_ANNOTATED for r in records])
+        headboxes = np.stack([np.asarray(r.meta["headbox"], dtype=np.float64) for r in records])
         return metrics.score("mpii", pred, gt, annotated=annotated, headboxes=headboxes, threshold=threshold)
-    if gt.shape[1] != metrics.PROTOCOLS["lsp"].skeleton.num_joints:
+    if num_joints != metrics.PROTOCOLS["lsp"].skeleton.num_joints:
         raise ValueError(f"dataset {dataset!r}: no head boxes for PCKh and not in the LSP joint layout, "
-                         "so it cannot be scored by the official protocols")
+                         "so it cannot be scored by the official protocols (give data.validation_gt for MPII)")
     return metrics.score("lsp", pred, gt, threshold=threshold)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.precision import autocast, param_dtype
 from models import losses
 
 
@@ -96,12 +97,6 @@ class StepSettings:
     extra: dict = field(default_factory=dict)
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
 def train_step(micro_batches: list[dict], g: Model, d: Model | None, s: StepSettings,
                balance: losses.BEGANBalance | None, device: torch.device) -> dict[str, float]:
     """Run one optimizer step over `micro_batches` (grad_accum of them); return this rank's loss values
@@ -114,13 +109,14 @@ def train_step(micro_batches: list[dict], g: Model, d: Model | None, s: StepSett
 
     for i, batch in enumerate(micro_batches):
         last = i == n - 1
-        image = batch["image"].to(device, non_blocking=True)
-        target = batch["heatmaps"].to(device, non_blocking=True)
-        weight = batch["target_weight"].to(device, non_blocking=True)
+        dtype = param_dtype(s.precision)
+        image = batch["image"].to(device, dtype, non_blocking=True)
+        target = batch["heatmaps"].to(device, dtype, non_blocking=True)
+        weight = batch["target_weight"].to(device, dtype, non_blocking=True)
         with g.no_sync(not last):
-            with _autocast(device, s.precision):
+            with autocast(device, s.precision):
                 outputs = g.module(image)
-            outputs = [o.float() for o in outputs]
+            outputs = [o.to(dtype) for o in outputs]  # losses in fp32/fp64, outside autocast
             fake = outputs[-1]
             loss_mse = losses.heatmap_mse(outputs, target, weight)
             add("loss_mse", loss_mse)
@@ -128,7 +124,7 @@ def train_step(micro_batches: list[dict], g: Model, d: Model | None, s: StepSett
             if s.objective != "none":
                 assert d is not None
                 # -- D: real and detached fake ------------------------------------------------------
-                with d.no_sync(not last), _autocast(device, s.precision):
+                with d.no_sync(not last), autocast(device, s.precision):
                     if s.objective == "sat":
                         loss_d, l_real, l_fake = losses.sat_discriminator_loss(
                             d.module, target, fake, image, balance.k)
@@ -141,16 +137,16 @@ def train_step(micro_batches: list[dict], g: Model, d: Model | None, s: StepSett
                     add("l_real", l_real)
                     add("l_fake", l_fake)
                     add("loss_d", loss_d)
-                    d.backward(loss_d.float() / n)
+                    d.backward(loss_d.to(dtype) / n)
                 # -- G's adversarial term through the frozen, pre-update D --------------------------
                 plain_d = unwrap(d.module)
-                with frozen_batchnorm_stats(plain_d), _autocast(device, s.precision):
+                with frozen_batchnorm_stats(plain_d), autocast(device, s.precision):
                     if s.objective == "sat":
                         adv = losses.sat_generator_adv(plain_d, fake, image)
-                        loss_g = loss_mse + s.lambda_g * adv.float()
+                        loss_g = loss_mse + s.lambda_g * adv.to(dtype)
                     else:
                         adv = losses.cgan_generator_adv(plain_d, fake, image, weight)
-                        loss_g = loss_mse + s.alpha * adv.float()
+                        loss_g = loss_mse + s.alpha * adv.to(dtype)
                 add("loss_adv", adv)
             add("loss_g", loss_g)
             g.backward(loss_g / n)

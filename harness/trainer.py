@@ -27,6 +27,7 @@ from harness.config import Config, DataConfig, OptimizerConfig
 from harness.distributed import Runtime, init_runtime
 from harness.errors import UserError
 from harness.evaluate import PROTOCOL_OF, predict_dataset, score_records
+from harness.precision import param_dtype
 from harness.runlog import RunLog
 from harness.step import Model, StepSettings, train_step, unwrap
 from models import losses
@@ -74,6 +75,8 @@ def build_discriminator(cfg: Config, num_joints: int) -> PoseDiscriminator | Non
 def build_optimizer(params, c: OptimizerConfig) -> torch.optim.Optimizer:
     if c.name == "rmsprop":
         return torch.optim.RMSprop(params, lr=c.lr, alpha=c.alpha, eps=c.eps, weight_decay=c.weight_decay)
+    if c.name == "sgd":
+        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
     return torch.optim.Adam(params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay)
 
 
@@ -150,9 +153,10 @@ class Trainer:
         if cfg.distributed.sync_batchnorm and self.rt.distributed:
             g = convert_sync_batchnorm(g, self.rt.device)
             d = convert_sync_batchnorm(d, self.rt.device) if d is not None else None
-        g.to(dev)
+        dtype = param_dtype(cfg.train.precision)
+        g.to(dev, dtype)
         if d is not None:
-            d.to(dev)
+            d.to(dev, dtype)
         self.generator, self.discriminator = g, d  # unwrapped modules: the checkpointed state
         scaler = (lambda: torch.amp.GradScaler("cuda")) if cfg.train.precision == "fp16" else (lambda: None)
         if cfg.distributed.strategy == "deepspeed":
@@ -314,7 +318,7 @@ class Trainer:
                     self.log.step(self.step, values, show)
                     last_result = self._checkpoint_if_due(last_result)
                     if self.step >= t.max_steps:
-                        epoch_done = self.batch_in_epoch >= len(loader)
+                        epoch_done = self.batch_in_epoch >= loader.sampler.batches_per_epoch
                         break
                 self.skipped_files.update(loader.skipped_files)
                 if epoch_done:
@@ -324,7 +328,7 @@ class Trainer:
                         self._after_validation(last_result)
         finally:
             self.log.stop()
-        if last_result is None or self._validated_step != self.step:
+        if self._validated_step != self.step:  # (rank-independent: last_result is None off rank 0)
             last_result = self.validate()
             self._after_validation(last_result)
         return self._summary(last_result, time.time() - t_start)

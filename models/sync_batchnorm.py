@@ -22,8 +22,8 @@ class CrossRankBatchNorm2d(nn.BatchNorm2d):
         from torch.distributed.nn.functional import all_reduce
 
         c = x.shape[1]
-        xf = x.float()
-        count = torch.tensor([x.numel() / c], device=x.device, dtype=torch.float32)
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # fp16/bf16 -> fp32; fp64 stays
+        count = torch.tensor([x.numel() / c], device=x.device, dtype=xf.dtype)
         n = all_reduce(count)
         mean = all_reduce(xf.sum(dim=(0, 2, 3))) / n
         centred = xf - mean.view(1, c, 1, 1)
