@@ -54,9 +54,16 @@ class Runtime:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
-    def shutdown(self) -> None:
+    def shutdown(self, clean: bool = True) -> None:
+        """Leave the group. After a clean finish all ranks first meet at a barrier: otherwise a rank that
+        finishes first can tear down its connections while a peer's last receive is still in flight
+        (gloo then aborts the peer). After an error there is no barrier (peers may be gone)."""
         if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+            try:
+                if clean:
+                    dist.barrier()
+            finally:
+                dist.destroy_process_group()
 
 
 def _slurm_master_addr() -> str:

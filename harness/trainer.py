@@ -225,7 +225,8 @@ class Trainer:
             torch.cuda.set_rng_state_all(s["rng"]["cuda"])
 
     def save(self, is_best: bool = False) -> Path | None:
-        path = self.ckpts.save(self.state(), is_best) if self.rt.is_main else None
+        state = self.state()  # on every rank: gathering ZeRO-1's sharded optimizer state is collective
+        path = self.ckpts.save(state, is_best) if self.rt.is_main else None
         self.rt.barrier()
         return path
 

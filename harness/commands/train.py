@@ -30,12 +30,15 @@ def run(args) -> int:
         stem = args.preset or (Path(args.config).stem if args.config else "run")
         run_dir = Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     trainer = Trainer(cfg, run_dir, resume=args.resume)
+    clean = False
     try:
         summary = trainer.fit()
+        clean = True
     except Preempted:
+        clean = True  # every rank agreed to stop and the checkpoint is written
         return EXIT_PREEMPTED
     finally:
-        trainer.rt.shutdown()
+        trainer.rt.shutdown(clean)
     if summary:
         trainer.log.info(f"held-out {summary['metric']} = {summary['value']:.2f}%  "
                          f"(best {summary['best']['value']:.2f}% at step {summary['best']['step']}; "
