@@ -29,10 +29,10 @@ Drawing (OpenCV, anti-aliased, 0-based pixel-centre coordinates): a random backg
 smooth colour noise or flat colour with grain) with random clutter shapes; thick limbs whose colours
 come from one family per side (left: reds/oranges, right: blues; hue, saturation and value jittered per
 person and per segment, the distal segment lighter or darker than the proximal one), a dark disc at
-every joint, a neutral torso, a head disc that shows the facing (front: skin tone with eyes and mouth;
-back: hair colour); then 0-2 opaque occluders (rotated rectangles or ellipses, placed near a random
-joint); then pixel noise and sometimes a slight blur. A joint inside an occluder polygon is OCCLUDED,
-all others VISIBLE.
+every joint, skin-coloured hands and dark shoes (discs just beyond wrists and ankles), a neutral torso,
+a head disc that shows the facing (front: skin tone with eyes and mouth; back: hair colour); then 0-2
+opaque occluders (rotated rectangles or ellipses, placed near a random joint); then pixel noise and
+sometimes a slight blur. A joint inside an occluder polygon is OCCLUDED, all others VISIBLE.
 
 Left/right cues and flip augmentation: the colour families are a side cue that a horizontal flip breaks
 (a flipped left arm keeps its colour but is relabelled right). The facing cue (head) with the body
@@ -82,6 +82,9 @@ PROPORTIONS = {
     "thigh": (0.75, 0.95), "shin": (0.70, 0.90),
     "arm_thickness": (0.09, 0.13), "leg_thickness": (0.11, 0.16),
 }
+# Hand and shoe discs: radius in units of the arm / leg thickness; centred 0.7 radius beyond the wrist /
+# ankle along the forearm / shin, so that the joint sits at the hand's or foot's base.
+HAND_SIZE, SHOE_SIZE = 0.6, 0.6
 # RNG streams per (seed, index): geometry (pose, placement, occluder shapes) is separate from the
 # appearance streams, so records() never draws pixels and person=False renders keep the same background.
 _GEOMETRY, _BACKGROUND, _PERSON, _OCCLUDER, _FINISH = range(5)
@@ -220,8 +223,10 @@ class SyntheticPeople:
         t = math.radians(rotation)
         rot = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
         body, neck_base, head_center = body @ rot.T, rot @ neck_base, rot @ head_center
-        # Extent of the drawn figure: joints padded by half the thickest line, and the head disc.
-        pad = max(p["arm_thickness"], p["leg_thickness"]) / 2
+        # Extent of the drawn figure: joints padded by the farthest reach of lines, hands and shoes
+        # (HAND_SIZE, SHOE_SIZE: radius r centred 0.7 r beyond the joint), and the head disc.
+        pad = max(p["arm_thickness"] * max(0.5, 1.7 * HAND_SIZE),
+                  p["leg_thickness"] * max(0.5, 1.7 * SHOE_SIZE))
         lo = np.minimum((body - pad).min(axis=0), head_center - head_radius)
         hi = np.maximum((body + pad).max(axis=0), head_center + head_radius)
         size = cfg.image_size
@@ -440,6 +445,13 @@ def _draw_person(img: np.ndarray, s: SyntheticSample, rng: np.random.Generator) 
     torso = _hsv(rng.uniform(0, 360), rng.uniform(0.0, 0.35), rng.uniform(0.3, 0.9))
     skin = _hsv(rng.uniform(15, 40), rng.uniform(0.25, 0.6), rng.uniform(0.5, 0.95))
     hair = _hsv(rng.uniform(15, 45), rng.uniform(0.2, 0.7), rng.uniform(0.08, 0.35))
+    shoe = _hsv(rng.uniform(0, 360), rng.uniform(0.0, 0.5), rng.uniform(0.1, 0.45))
+
+    def end_disc(side: str, names: tuple[str, str], size: float, colour) -> None:
+        a, b = (s.joints[SIDE_JOINTS[side][n]] for n in names)
+        d = (b - a) / max(float(np.linalg.norm(b - a)), 1e-9)
+        _disc(img, b + 0.7 * size * d, size, colour)
+
     legs, arms = list(SIDES), list(SIDES)
     if rng.random() < 0.5:
         legs.reverse()
@@ -447,6 +459,7 @@ def _draw_person(img: np.ndarray, s: SyntheticSample, rng: np.random.Generator) 
         arms.reverse()
 
     for side in legs:
+        end_disc(side, ("kne", "ank"), SHOE_SIZE * s.leg_thickness, shoe)
         limb(side, ("hip", "kne", "ank"), s.leg_thickness)
     r, l = SIDE_JOINTS["r"], SIDE_JOINTS["l"]
     quad = [s.joints[r["sho"]], s.joints[l["sho"]], s.joints[l["hip"]], s.joints[r["hip"]]]
@@ -469,6 +482,7 @@ def _draw_person(img: np.ndarray, s: SyntheticSample, rng: np.random.Generator) 
     else:
         _disc(img, s.head_center, s.head_radius, hair)
     for side in arms:
+        end_disc(side, ("elb", "wri"), HAND_SIZE * s.arm_thickness, skin)
         limb(side, ("sho", "elb", "wri"), s.arm_thickness)
 
 
