@@ -5,4 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev,deepspeed
 .venv/bin/ruff check .
+# Several test processes (torchrun workers, DataLoader workers) share 2 cores: sleeping OpenMP threads
+# instead of spinning ones keep an oversubscribed box from collapsing to a crawl.
+export OMP_WAIT_POLICY=PASSIVE
 exec .venv/bin/python -m pytest "$@"
