@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train under SLURM:  sbatch [sbatch options] slurm/train.sh [python -m harness train arguments]
-# Submit from the repository root (or set SATPOSE_REPO); `mkdir -p logs` first (the default --output).
+# Submit from the repository root (or set SATPOSE_REPO): the default --output goes to its logs/ folder.
 # Every knob is described in slurm/README.md. Options given to sbatch override the defaults below.
 #SBATCH --job-name=satpose
 #SBATCH --nodes=1
