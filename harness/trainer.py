@@ -177,8 +177,8 @@ class Trainer:
 
     def _ddp(self, module: nn.Module) -> nn.Module:
         dev = self.rt.device
-        return nn.parallel.DistributedDataParallel(
-            module, device_ids=[dev.index] if dev.type == "cuda" else None, broadcast_buffers=True)
+        # Buffers (BatchNorm running stats) are broadcast from rank 0 at every forward: DDP's default.
+        return nn.parallel.DistributedDataParallel(module, device_ids=[dev.index] if dev.type == "cuda" else None)
 
     # -- state -------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -299,6 +299,7 @@ class Trainer:
                       f"{self.rt.world_size} process(es) on {self.rt.device}, "
                       f"{self.steps_per_epoch} steps/epoch")
         self._images, self._train_time, last_result = 0, 0.0, None
+        first_step = self.step
         t_start = time.time()
         self.log.start(self.step)
         try:
@@ -332,6 +333,7 @@ class Trainer:
         if self._validated_step != self.step:  # (rank-independent: last_result is None off rank 0)
             last_result = self.validate()
             self._after_validation(last_result)
+        self._steps_this_run = self.step - first_step
         return self._summary(last_result, time.time() - t_start)
 
     def _checkpoint_if_due(self, last_result):
@@ -365,6 +367,7 @@ class Trainer:
             "groups": j["groups"],
             "best": self.best,
             "steps": self.step,
+            "steps_this_run": self._steps_this_run,
             "wall_s": round(wall, 2),
             "images_per_s": round(self._images / self._train_time, 2) if self._train_time else None,
             "objective": self.cfg.adversarial.objective,

@@ -42,6 +42,7 @@ def run(args) -> int:
     if summary:
         trainer.log.info(f"held-out {summary['metric']} = {summary['value']:.2f}%  "
                          f"(best {summary['best']['value']:.2f}% at step {summary['best']['step']}; "
-                         f"{summary['steps']} steps in {summary['wall_s']:.0f} s, "
+                         f"{summary['steps']} steps, {summary['steps_this_run']} of them in this run's "
+                         f"{summary['wall_s']:.0f} s, "
                          f"{summary['images_per_s']} img/s)  -> {run_dir / 'summary.json'}")
     return 0
