@@ -325,3 +325,21 @@ def test_trainer_signal_checkpoints_requeues_and_resumes(slurm_env, tmp_path):
     assert second == list(range(step + 1, max_steps + 1)), report
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["steps"], summary["world_size"]) == (max_steps, 2), report
+
+
+@pytest.mark.slurm
+def test_plain_srun_without_torchrun(slurm_env, tmp_path):
+    """`srun -n 2 python -m harness train`: the runtime reads SLURM_PROCID/SLURM_NTASKS and the first host
+    of the node list instead of torchrun's environment, and the two tasks train as one gloo group."""
+    run_dir = tmp_path / "run"
+    command = " ".join([str(VENV_PYTHON), "-m", "harness", "train", "--run-dir", str(run_dir), *TINY,
+                        "train.max_steps=3"])
+    out = _run(["sbatch", "--parsable", "--ntasks=2", "--cpus-per-task=1", "--time=5",
+                f"--output={tmp_path / 'srun-%j.out'}", f"--wrap=srun {command}"], slurm_env)
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.strip().split(";")[0]
+    job = _wait_final(slurm_env, job_id, timeout=180, run_dir=run_dir)
+    report = _report(slurm_env, job_id, run_dir)
+    assert (job["JobState"], job["ExitCode"]) == ("COMPLETED", "0:0"), report
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["world_size"], summary["steps"]) == (2, 3), report
