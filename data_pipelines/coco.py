@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 
-from data_pipelines.errors import AnnotationError
+from data_pipelines.errors import AnnotationError, read_json
 from data_pipelines.records import SCALE_UNIT_PX, PoseRecord
 from data_pipelines.skeletons import COCO
 from harness.errors import UserError
@@ -98,16 +97,7 @@ def load_coco(annotation_file, image_dir, aspect_ratio: float = 1.0) -> list[Pos
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise AnnotationError.at(path, "annotation file not found")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise AnnotationError.at(path, f"invalid JSON at line {exc.lineno} column {exc.colno}: "
-                                       f"{exc.msg}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AnnotationError.at(path, f"cannot read ({exc})") from exc
+    data = read_json(path)
     if not isinstance(data, dict):
         raise AnnotationError.at(path, f"expected a JSON object, got {type(data).__name__}")
     for key in ("images", "annotations", "categories"):

@@ -6,7 +6,10 @@ starts with the offending file, then says what is wrong and where (record number
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
+from typing import Any
 
 from harness.errors import UserError
 
@@ -25,3 +28,18 @@ class AnnotationError(UserError):
 
     def __reduce__(self):  # keep `path` when the error crosses a process boundary (DataLoader workers)
         return type(self), (str(self), self.path)
+
+
+def read_json(path: Path) -> Any:
+    """Parse an annotation JSON file; a missing, unreadable or invalid file is an AnnotationError naming it
+    (with line and column for syntax errors). The caller checks the structure."""
+    if not path.is_file():
+        raise AnnotationError.at(path, "annotation file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise AnnotationError.at(path, f"invalid JSON at line {exc.lineno} column {exc.colno}: "
+                                       f"{exc.msg}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AnnotationError.at(path, f"cannot read ({exc})") from exc

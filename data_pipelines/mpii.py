@@ -30,14 +30,13 @@ matched column.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from data_pipelines.errors import AnnotationError
+from data_pipelines.errors import AnnotationError, read_json
 from data_pipelines.lsp import center_scale_from_joints
 from data_pipelines.records import NOT_ANNOTATED, OCCLUDED, VISIBLE, PoseRecord
 from data_pipelines.skeletons import MPII
@@ -182,16 +181,7 @@ def _find_person(rec: PoseRecord, gt: ValidationGT, tol: float) -> tuple[int | N
 
 
 def _read_json_list(path: Path) -> list:
-    if not path.is_file():
-        raise AnnotationError.at(path, "annotation file not found")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise AnnotationError.at(path, f"invalid JSON at line {exc.lineno} column {exc.colno}: "
-                                       f"{exc.msg}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AnnotationError.at(path, f"cannot read ({exc})") from exc
+    data = read_json(path)
     if isinstance(data, dict) and isinstance(data.get("root"), list):
         data = data["root"]
     if not isinstance(data, list):
