@@ -1,0 +1,24 @@
+"""The README's main job, as a user runs it: the quickstart preset learns on 2 CPU cores."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_quickstart_preset_learns(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "harness", "train", "--preset", "quickstart", "--run-dir",
+                          str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=1800)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    print(f"quickstart: {summary['metric']} = {summary['value']:.2f} in {summary['wall_s']} s, "
+          f"{summary['images_per_s']} img/s")
+    assert "held-out PCK@0.2" in res.stdout
+    assert summary["metric"] == "PCK@0.2" and summary["value"] >= 60.0, summary
