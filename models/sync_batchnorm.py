@@ -1,9 +1,9 @@
 """BatchNorm with statistics over the global batch of all ranks, on any device and process-group backend.
 
 torch.nn.SyncBatchNorm does this for GPUs only; `CrossRankBatchNorm2d` does it with differentiable
-all-reduces (torch.distributed.nn), so it also runs on CPU with gloo - which is what makes a 2-process
-run and a 1-process run of the same global batch produce the same weights. `convert_sync_batchnorm`
-picks torch's CUDA kernel on GPUs and this module elsewhere.
+all-reduces (a synchronous sum whose backward is again a sum), so it also runs on CPU with gloo - which
+is what makes a 2-process run and a 1-process run of the same global batch produce the same weights.
+`convert_sync_batchnorm` picks torch's CUDA kernel on GPUs and this module elsewhere.
 """
 
 from __future__ import annotations
@@ -13,21 +13,41 @@ import torch.distributed as dist
 from torch import nn
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """all_reduce(SUM) with gradient: d(sum_r x_r)/d x_r is the identity, so the backward sums the
+    incoming gradients of every rank's loss the same way."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    return _SumOverRanks.apply(x)
+
+
 class CrossRankBatchNorm2d(nn.BatchNorm2d):
     """nn.BatchNorm2d whose training-mode mean and variance are taken over every rank's samples."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         c = x.shape[1]
         xf = x.to(torch.promote_types(x.dtype, torch.float32))  # fp16/bf16 -> fp32; fp64 stays
-        count = torch.tensor([x.numel() / c], device=x.device, dtype=xf.dtype)
-        n = all_reduce(count)
-        mean = all_reduce(xf.sum(dim=(0, 2, 3))) / n
+        count = torch.full((1,), x.numel() / c, device=x.device, dtype=xf.dtype)
+        totals = sum_over_ranks(torch.cat([xf.sum(dim=(0, 2, 3)), count]))  # one collective: sums and n
+        n = totals[c:]
+        mean = totals[:c] / n
         centred = xf - mean.view(1, c, 1, 1)
-        var = all_reduce(centred.pow(2).sum(dim=(0, 2, 3))) / n  # biased, used to normalise
+        var = sum_over_ranks(centred.pow(2).sum(dim=(0, 2, 3))) / n  # biased, used to normalise
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
