@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -36,6 +38,7 @@ def run(args) -> int:
         clean = True
     except Preempted:
         clean = True  # every rank agreed to stop and the checkpoint is written
+        _exit_distributed(trainer, EXIT_PREEMPTED)
         return EXIT_PREEMPTED
     finally:
         trainer.rt.shutdown(clean)
@@ -45,4 +48,16 @@ def run(args) -> int:
                          f"{summary['steps']} steps, {summary['steps_this_run']} of them in this run's "
                          f"{summary['wall_s']:.0f} s, "
                          f"{summary['images_per_s']} img/s)  -> {run_dir / 'summary.json'}")
+    _exit_distributed(trainer, 0)
     return 0
+
+
+def _exit_distributed(trainer, code: int) -> None:
+    """A multi-process run ends here, once its results are on disk and the group is left: interpreter
+    teardown after gloo was used sometimes aborted a rank ("terminate called without an active
+    exception", SIGABRT), which torchrun reports as a failed run although everything was written."""
+    if trainer.rt.distributed:
+        trainer.rt.shutdown(True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
