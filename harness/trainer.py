@@ -23,6 +23,7 @@ from data_pipelines.dataset import PoseDataset, make_loader
 from data_pipelines.registry import dataset_info, load_records, skeleton_for
 from data_pipelines.transforms import Augmentation, eval_transform, train_transform
 from harness import checkpoint as ckpt
+from harness import metrics
 from harness.config import Config, DataConfig, OptimizerConfig
 from harness.distributed import Runtime, init_runtime
 from harness.errors import UserError
@@ -382,4 +383,5 @@ class Trainer:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
         os.replace(tmp, path)
         self.log.record("summary", **summary)
+        self.log.table(metrics.render(result))
         return summary
