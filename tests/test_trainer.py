@@ -206,3 +206,23 @@ def test_cli_bad_config_is_one_clear_error(tmp_path):
     assert res.returncode == 2 and "model.stacks" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     res = run_cli("eval", "--checkpoint", str(tmp_path / "missing.pt"))
     assert res.returncode == 2 and "checkpoint not found" in res.stderr
+
+
+@pytest.mark.parametrize("objective", ["sat", "cgan"])
+def test_bf16_autocast_step_runs_on_cpu(tmp_path, objective):
+    """Mixed precision on a device without a GPU: bf16 autocast forward, fp32 losses, finite, both move."""
+    t = Trainer(tiny(f"adversarial.objective={objective}", "train.precision=bf16", "train.max_steps=2"), tmp_path,
+                interactive=False)
+    g0 = {k: v.clone() for k, v in t.generator.state_dict().items()}
+    summary = t.fit()
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert len(train_rows) == 2 and all(isinstance(r["loss_d"], float) for r in train_rows)
+    assert any(not torch.equal(v, g0[k]) for k, v in t.generator.state_dict().items())
+    assert summary["steps"] == 2
+
+
+def test_fp16_is_refused_without_gpu(tmp_path):
+    from harness.errors import UserError
+    with pytest.raises(UserError, match="fp16 needs a GPU"):
+        Trainer(tiny("train.precision=fp16", "train.device=cpu"), tmp_path, interactive=False)
