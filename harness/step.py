@@ -17,7 +17,7 @@ Models are reached through a `Pair` so that the same step serves plain modules, 
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -93,8 +93,6 @@ class StepSettings:
     delta: float = 0.003
     distance: str = "heatmap"
     torso: tuple[int, int] | None = None
-    grad_accum: int = 1
-    extra: dict = field(default_factory=dict)
 
 
 def train_step(micro_batches: list[dict], g: Model, d: Model | None, s: StepSettings,
@@ -124,20 +122,21 @@ def train_step(micro_batches: list[dict], g: Model, d: Model | None, s: StepSett
             if s.objective != "none":
                 assert d is not None
                 # -- D: real and detached fake ------------------------------------------------------
-                with d.no_sync(not last), autocast(device, s.precision):
-                    if s.objective == "sat":
-                        loss_d, l_real, l_fake = losses.sat_discriminator_loss(
-                            d.module, target, fake, image, balance.k)
-                    else:
-                        d_fake = losses.d_fake_targets(fake, target, s.delta, normalize=s.distance,
-                                                       torso=s.torso)
-                        loss_d, l_real, l_fake = losses.cgan_discriminator_loss(
-                            d.module, target, fake, image, d_fake, weight)
-                        add("d_fake", d_fake.float().mean())
+                with d.no_sync(not last):
+                    with autocast(device, s.precision):
+                        if s.objective == "sat":
+                            loss_d, l_real, l_fake = losses.sat_discriminator_loss(
+                                d.module, target, fake, image, balance.k)
+                        else:
+                            d_fake = losses.d_fake_targets(fake, target, s.delta, normalize=s.distance,
+                                                           torso=s.torso)
+                            loss_d, l_real, l_fake = losses.cgan_discriminator_loss(
+                                d.module, target, fake, image, d_fake, weight)
+                            add("d_fake", d_fake.float().mean())
                     add("l_real", l_real)
                     add("l_fake", l_fake)
                     add("loss_d", loss_d)
-                    d.backward(loss_d.to(dtype) / n)
+                    d.backward(loss_d.to(dtype) / n)  # outside autocast, as backward passes should be
                 # -- G's adversarial term through the frozen, pre-update D --------------------------
                 plain_d = unwrap(d.module)
                 with frozen_batchnorm_stats(plain_d), autocast(device, s.precision):

@@ -173,8 +173,7 @@ class Trainer:
                         if a.objective == "sat" else None)
         self.settings = StepSettings(objective=a.objective, precision=cfg.train.precision,
                                      lambda_g=a.sat.lambda_g, alpha=a.cgan.alpha, delta=a.cgan.delta,
-                                     distance=a.cgan.distance, torso=self.skeleton.torso,
-                                     grad_accum=cfg.train.grad_accum)
+                                     distance=a.cgan.distance, torso=self.skeleton.torso)
 
     def _ddp(self, module: nn.Module) -> nn.Module:
         dev = self.rt.device
