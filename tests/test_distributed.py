@@ -120,11 +120,8 @@ def _children(pid: int) -> list[int]:
     return [int(x) for x in out]
 
 
-def test_killed_worker_restarts_resumes_and_matches_uninterrupted(tmp_path):
-    """SIGKILL one worker mid-run under --max-restarts 1: all workers restart, resume from the newest
-    checkpoint and finish; on CPU with a fixed seed the final weights equal an uninterrupted run's."""
-    common = ["adversarial.objective=sat", "train.max_steps=10", "train.checkpoint_every=2"]
-    elastic = tmp_path / "elastic"
+def _elastic_run_with_one_kill(elastic: Path, common: list[str]) -> tuple[int, str]:
+    """torchrun --max-restarts 1; SIGKILL one worker once a step-4 checkpoint exists. (returncode, output)"""
     proc = subprocess.Popen(torchrun("--nproc-per-node", "2", "--max-restarts", "1", "--master-port",
                                      str(free_port()), *harness_train(elastic, *common), "--resume", "auto"),
                             cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -146,7 +143,22 @@ def test_killed_worker_restarts_resumes_and_matches_uninterrupted(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, out[-5000:]
+    return proc.returncode, out
+
+
+def test_killed_worker_restarts_resumes_and_matches_uninterrupted(tmp_path):
+    """SIGKILL one worker mid-run under --max-restarts 1: all workers restart, resume from the newest
+    checkpoint and finish; on CPU with a fixed seed the final weights equal an uninterrupted run's."""
+    common = ["adversarial.objective=sat", "train.max_steps=10", "train.checkpoint_every=2"]
+    elastic = tmp_path / "elastic"
+    code, out = _elastic_run_with_one_kill(elastic, common)
+    if code != 0 and "connectFullMesh failed" in out:
+        # torchrun's static rendezvous (--master-port) occasionally hands a restarted rank its dead
+        # predecessor's gloo address (seen once in CI: "connection refused" while connecting the mesh).
+        # That is torch's restart race, not the resume under test: run the whole scenario once more.
+        elastic = tmp_path / "elastic-2"
+        code, out = _elastic_run_with_one_kill(elastic, common)
+    assert code == 0, out[-5000:]
     assert "resumed from" in out, out[-3000:]
     starts = [json.loads(x) for x in (elastic / "metrics.jsonl").read_text().splitlines()]
     assert [r["resumed_step"] for r in starts if r["kind"] == "start"][-1] >= 4
