@@ -113,7 +113,24 @@ def init_runtime(device: str = "auto", backend: str = "auto", timeout_s: int = 6
     if world == 1:
         return Runtime(0, 1, 0, dev, None)
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=timeout_s),
+        timeout = datetime.timedelta(seconds=timeout_s)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world, timeout=timeout,
+                                store=restart_safe_store(world, timeout),
                                 device_id=dev if dev.type == "cuda" else None)
     return Runtime(rank, world, local_rank, dev, backend)
+
+
+def restart_safe_store(world: int, timeout: datetime.timedelta) -> dist.Store | None:
+    """The store for the process group: None (torch's env:// rendezvous) except under a single torchrun
+    agent that shares its TCPStore with the workers. That agent keeps ONE store across `--max-restarts`
+    restarts (static rendezvous always, c10d while TCPStore sharing is on), so a restarted worker can read
+    the gloo/NCCL addresses its dead predecessors left there and fail with "connection refused" or hang
+    (measured: 5 of 9 restarts failed on torch 2.13; pytorch/pytorch#135712). Workers of one agent agree
+    on TORCHELASTIC_RESTART_COUNT, so it names a fresh key space per attempt. With several agents the
+    counts can differ between nodes, so there slurm/train.sh turns the sharing off
+    (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1) and each rendezvous round gets its own store."""
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or env.get("GROUP_WORLD_SIZE", "1") != "1":
+        return None
+    store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), world, is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"satpose/attempt_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)

@@ -75,6 +75,10 @@ fi
 
 cpus_on_node="${SLURM_CPUS_ON_NODE:-1}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( cpus_on_node / nproc > 0 ? cpus_on_node / nproc : 1 ))}"
+# Each rendezvous round gets its own store (hosted by the new rank 0) instead of the agents' shared one:
+# a shared store outlives a restart and hands restarted workers their dead predecessors' addresses
+# (pytorch/pytorch#135712). harness/distributed.py:restart_safe_store covers the single-agent case.
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE="${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}"
 
 log "job $SLURM_JOB_ID run $((restarts + 1)) (SLURM_RESTART_COUNT=$restarts) on ${num_nodes} node(s) ${SLURM_JOB_NODELIST}:" \
     "$nproc process(es) per node (from $nproc_from), rendezvous $rdzv_host:$rdzv_port, run dir $run_dir," \

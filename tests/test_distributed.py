@@ -148,16 +148,12 @@ def _elastic_run_with_one_kill(elastic: Path, common: list[str]) -> tuple[int, s
 
 def test_killed_worker_restarts_resumes_and_matches_uninterrupted(tmp_path):
     """SIGKILL one worker mid-run under --max-restarts 1: all workers restart, resume from the newest
-    checkpoint and finish; on CPU with a fixed seed the final weights equal an uninterrupted run's."""
+    checkpoint and finish; on CPU with a fixed seed the final weights equal an uninterrupted run's.
+    (Without harness.distributed.restart_safe_store about half of these restarts fail: the restarted
+    rank 0 reads its dead peer's gloo address from torchrun's reused store.)"""
     common = ["adversarial.objective=sat", "train.max_steps=10", "train.checkpoint_every=2"]
     elastic = tmp_path / "elastic"
     code, out = _elastic_run_with_one_kill(elastic, common)
-    if code != 0 and "connectFullMesh failed" in out:
-        # torchrun's static rendezvous (--master-port) occasionally hands a restarted rank its dead
-        # predecessor's gloo address (seen once in CI: "connection refused" while connecting the mesh).
-        # That is torch's restart race, not the resume under test: run the whole scenario once more.
-        elastic = tmp_path / "elastic-2"
-        code, out = _elastic_run_with_one_kill(elastic, common)
     assert code == 0, out[-5000:]
     assert "resumed from" in out, out[-3000:]
     starts = [json.loads(x) for x in (elastic / "metrics.jsonl").read_text().splitlines()]
