@@ -77,17 +77,6 @@ def apply_affine(points, A: np.ndarray) -> np.ndarray:
     return p @ A[:, :2].T + A[:, 2]
 
 
-def invert_affine(A: np.ndarray) -> np.ndarray:
-    """The 2x3 matrix of the inverse map (e.g. crop -> original for predictions)."""
-    A = _check_affine(A)
-    linear = A[:, :2]
-    det = linear[0, 0] * linear[1, 1] - linear[0, 1] * linear[1, 0]
-    if not np.isfinite(det) or abs(det) < 1e-12:
-        raise ValueError(f"invert_affine: matrix is singular (det={det})")
-    inv = np.linalg.inv(linear)
-    return np.concatenate([inv, (-inv @ A[:, 2])[:, None]], axis=1)
-
-
 def _check_affine(A) -> np.ndarray:
     A = np.asarray(A, dtype=np.float64)
     if A.shape != (2, 3):

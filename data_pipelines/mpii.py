@@ -108,8 +108,14 @@ def load_validation_gt(mat_path) -> ValidationGT:
         if name not in mat:
             found = sorted(k for k in mat if not k.startswith("__"))
             raise AnnotationError.at(path, f"no variable {name!r} (variables: {found})")
-    pos, missing, heads = (np.asarray(mat[k], dtype=np.float64)
-                           for k in ("pos_gt_src", "jnt_missing", "headboxes_src"))
+    try:
+        pos, missing, heads = (np.asarray(mat[k], dtype=np.float64)
+                               for k in ("pos_gt_src", "jnt_missing", "headboxes_src"))
+    except (TypeError, ValueError) as exc:
+        raise AnnotationError.at(path, f"'pos_gt_src', 'jnt_missing' and 'headboxes_src' must be numeric "
+                                       f"({exc})") from None
+    if pos.ndim == 2 and heads.ndim == 2:  # one person: MATLAB drops the trailing singleton dimension
+        pos, heads = pos[..., None], heads[..., None]
     nj = MPII.num_joints
     if pos.ndim != 3 or pos.shape[:2] != (nj, 2):
         raise AnnotationError.at(path, f"'pos_gt_src' has shape {pos.shape}, expected ({nj}, 2, N)")
@@ -122,6 +128,13 @@ def load_validation_gt(mat_path) -> ValidationGT:
         raise AnnotationError.at(path, "'pos_gt_src' or 'headboxes_src' holds non-finite values")
     if not np.isin(missing, (0, 1)).all():
         raise AnnotationError.at(path, "'jnt_missing' must hold only 0 and 1")
+    if "dataset_joints" in mat:
+        try:
+            names = [str(np.ravel(x)[0]) for x in np.ravel(mat["dataset_joints"])]
+        except (IndexError, TypeError):
+            names = None
+        if names != list(MPII.joints):
+            raise AnnotationError.at(path, f"dataset_joints {names} is not the MPII joint order")
     return ValidationGT(joints=pos.transpose(2, 0, 1) - 1.0, missing=missing.T.astype(bool),
                         headboxes=heads.transpose(2, 0, 1) - 1.0, path=str(path))
 

@@ -479,3 +479,26 @@ def test_registry_loads_every_dataset(tmp_path, lsp_root, mpii_root):
     assert [r.index for r in train] == list(range(5))
     assert [r.index for r in test] == list(range(SYNTHETIC_TEST_FIRST, SYNTHETIC_TEST_FIRST + 4))
     assert train[0].image == "synthetic:3:0" and train[0].meta["config"]["image_size"] == 128
+
+
+def test_mpii_validation_gt_one_person_and_joint_order(mpii_root, mpii_gt, tmp_path):
+    """A one-person file (MATLAB drops the trailing singleton N = 1) loads as N = 1; a file whose
+    dataset_joints is not the MPII order is refused."""
+    mat = sio.loadmat(str(mpii_root / MPII_GT))
+    one = {k: mat[k][..., 7] for k in ("pos_gt_src", "headboxes_src")}
+    one["jnt_missing"] = mat["jnt_missing"][:, 7:8]
+    sio.savemat(str(tmp_path / "one.mat"), one)
+    gt = load_validation_gt(tmp_path / "one.mat")
+    assert gt.num_people == 1
+    np.testing.assert_array_equal(gt.joints[0], mpii_gt.joints[7])
+    np.testing.assert_array_equal(gt.headboxes[0], mpii_gt.headboxes[7])
+    np.testing.assert_array_equal(gt.missing[0], mpii_gt.missing[7])
+    assert mat["dataset_joints"].shape == (1, 16)  # the official file names its joint order
+    shuffled = {k: mat[k] for k in ("pos_gt_src", "headboxes_src", "jnt_missing")}
+    shuffled["dataset_joints"] = mat["dataset_joints"][:, ::-1]
+    sio.savemat(str(tmp_path / "order.mat"), shuffled)
+    with pytest.raises(AnnotationError, match="joint order"):
+        load_validation_gt(tmp_path / "order.mat")
+    shuffled["dataset_joints"] = mat["dataset_joints"]
+    sio.savemat(str(tmp_path / "same.mat"), shuffled)
+    assert load_validation_gt(tmp_path / "same.mat").num_people == mpii_gt.num_people

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data_pipelines.lsp import read_joints_mat
+from data_pipelines.mpii import load_validation_gt
 from harness import metrics
 from harness.errors import UserError
 
@@ -136,34 +138,15 @@ def _expect(arr: np.ndarray, shape: tuple, what: str, path: Path) -> None:
 
 
 def load_mpii_gt(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """-> gt [N, 16, 2], annotated [N, 16] bool (jnt_missing == 0), headboxes [N, 2, 2] (corner, xy)."""
-    mat = _loadmat(path)
-    pos = _variable(mat, "pos_gt_src", path, 3)
-    missing = _variable(mat, "jnt_missing", path, 2)
-    boxes = _variable(mat, "headboxes_src", path, 3)
-    _expect(pos, (16, 2, None), "pos_gt_src", path)
-    n = pos.shape[2]
-    _expect(missing, (16, n), "jnt_missing", path)
-    _expect(boxes, (2, 2, n), "headboxes_src", path)
-    if "dataset_joints" in mat:
-        try:
-            names = [str(np.ravel(x)[0]) for x in np.ravel(mat["dataset_joints"])]
-        except (IndexError, TypeError):
-            names = None
-        if names != list(metrics.PROTOCOLS["mpii"].skeleton.joints):
-            raise UserError(f"{path}: dataset_joints {names} is not the MPII joint order")
-    return pos.transpose(2, 0, 1), missing.T == 0, boxes.transpose(2, 0, 1)
+    """-> gt [N, 16, 2], annotated [N, 16] bool, headboxes [N, 2, 2] (corner, xy), in the file's own
+    1-based coordinates like the predictions it is scored against."""
+    gt = load_validation_gt(path)
+    return gt.joints + 1.0, ~gt.missing, gt.headboxes + 1.0
 
 
 def load_lsp_gt(path: Path) -> np.ndarray:
-    """-> gt [N, 14, 2] from `joints` 3x14xN (LSP) or 14x3xN (LSP-extended), told apart by shape."""
-    joints = _variable(_loadmat(path), "joints", path, 3)
-    if joints.ndim == 3 and joints.shape[:2] == (3, 14):
-        return joints[:2].transpose(2, 1, 0)
-    if joints.ndim == 3 and joints.shape[:2] == (14, 3):
-        return joints[:, :2].transpose(2, 0, 1)
-    raise UserError(f"{path}: joints must be 3 x 14 x N (LSP) or 14 x 3 x N (LSP-extended), "
-                    f"got {' x '.join(map(str, joints.shape))}")
+    """-> gt [N, 14, 2] from `joints` 3x14xN (LSP) or 14x3xN (LSP-extended), 1-based as in the file."""
+    return read_joints_mat(path)[0]
 
 
 def load_predictions(path: Path, num_joints: int) -> np.ndarray:
