@@ -17,7 +17,9 @@ Bad samples (an unreadable image - BadImageError - or no annotated joint inside 
   the information crosses worker processes inside the batch. `PoseLoader` (main process) logs one
   warning per bad file and accumulates `skipped_total` / `skipped_files` for the trainer to log.
   A batch may therefore hold FEWER than batch_size samples; a batch whose samples were all bad is not
-  yielded at all (it is still counted in `batch_index`, see PoseLoader).
+  yielded at all (it is still counted in `batch_index`, see PoseLoader) unless the loader is made with
+  `keep_empty=True` (data-parallel training: every rank must take part in every step, so the ranks
+  agree to skip such a step together).
 - `on_bad_sample="raise"`: a clear `BadSampleError` (a UserError: one CLI error line) naming the file
   and the reason, raised in the MAIN process: directly by `__getitem__` when called there, and by
   PoseLoader when the marker comes from a worker (no worker traceback to dig through).
@@ -273,16 +275,19 @@ class PoseLoader:
 
     Each yielded batch is collate_samples' dict plus `batch_index`: the batch's position in the epoch
     (counting skipped-start batches and all-bad batches), so the trainer can resume with
-    `set_epoch(epoch, start_batch=batch_index + 1)`. A batch whose samples were all bad is not yielded;
-    its files are added to the next yielded batch's `skipped` list (an all-bad LAST batch shows up only
-    in the counters). The complete record: `skipped_total` / `skipped_files` (over the loader's life)
-    and `skipped_in_epoch` (reset by each new iteration).
+    `set_epoch(epoch, start_batch=batch_index + 1)`. A batch whose samples were all bad is not yielded
+    (with `keep_empty`, it is: `num_samples` 0, no tensors); its files are added to the next yielded
+    batch's `skipped` list (an all-bad LAST batch shows up only in the counters). The complete record:
+    `skipped_total` / `skipped_files` (over the loader's life) and `skipped_in_epoch` (reset by each new
+    iteration).
     """
 
-    def __init__(self, dataset: PoseDataset, sampler: EpochBatchSampler, loader: DataLoader):
+    def __init__(self, dataset: PoseDataset, sampler: EpochBatchSampler, loader: DataLoader,
+                 keep_empty: bool = False):
         self.dataset = dataset
         self.sampler = sampler
         self.loader = loader
+        self.keep_empty = keep_empty
         self.skipped_total = 0
         self.skipped_in_epoch = 0
         self.skipped_files: list[str] = []
@@ -306,7 +311,7 @@ class PoseLoader:
                 self.skipped_total += 1
                 self.skipped_in_epoch += 1
                 self.skipped_files.append(file)
-            if batch["num_samples"] == 0:
+            if batch["num_samples"] == 0 and not self.keep_empty:
                 pending += zip(batch["skipped"], batch["skipped_reasons"])
                 continue
             if pending:
@@ -320,7 +325,7 @@ class PoseLoader:
 def make_loader(dataset: PoseDataset, batch_size: int, seed: int = 0, epoch: int = 0, rank: int = 0,
                 world_size: int = 1, num_workers: int = 0, shuffle: bool = True, drop_last: bool = False,
                 start_batch: int = 0, persistent_workers: bool = False,
-                pin_memory: bool | None = None) -> PoseLoader:
+                pin_memory: bool | None = None, keep_empty: bool = False) -> PoseLoader:
     """A PoseLoader for one rank. Reuse it across epochs with `set_epoch(epoch, start_batch)` (works with
     persistent workers too, since the epoch travels in the sample keys). pin_memory defaults to
     torch.cuda.is_available()."""
@@ -337,4 +342,4 @@ def make_loader(dataset: PoseDataset, batch_size: int, seed: int = 0, epoch: int
         worker_init_fn=functools.partial(seed_worker, seed=sampler.seed, rank=rank) if num_workers else None,
         persistent_workers=persistent_workers and num_workers > 0,
     )
-    return PoseLoader(dataset, sampler, loader)
+    return PoseLoader(dataset, sampler, loader, keep_empty)

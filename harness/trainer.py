@@ -144,7 +144,8 @@ class Trainer:
         return make_loader(dataset, batch_size=self.micro_batch if train else max(self.micro_batch, 8),
                            seed=self.cfg.train.seed, epoch=epoch, rank=self.rt.rank,
                            world_size=self.rt.world_size, num_workers=self.cfg.data.num_workers,
-                           shuffle=train, drop_last=train, start_batch=start_batch)
+                           shuffle=train, drop_last=train, start_batch=start_batch,
+                           keep_empty=train and self.rt.distributed)
 
     def _build_models(self) -> None:
         cfg, dev = self.cfg, self.rt.device
@@ -311,6 +312,10 @@ class Trainer:
                     micro.append(batch)
                     if len(micro) < t.grad_accum:
                         continue
+                    if self._skip_empty_step(micro):
+                        micro = []
+                        self.batch_in_epoch = batch["batch_index"] + 1
+                        continue
                     values = self._train_step(micro)
                     micro = []
                     self.batch_in_epoch = batch["batch_index"] + 1
@@ -335,6 +340,19 @@ class Trainer:
             self._after_validation(last_result)
         self._steps_this_run = self.step - first_step
         return self._summary(last_result, time.time() - t_start)
+
+    def _skip_empty_step(self, micro: list[dict]) -> bool:
+        """Data-parallel only: True on every rank when some rank's micro-batch held only bad samples. That
+        rank cannot run the step and its peers would wait for it in the gradient all-reduce until the
+        process-group timeout, so all ranks skip this step together (the bad files are logged and counted
+        by the loader; the step counter does not advance)."""
+        if not self.rt.distributed:
+            return False
+        if not self.rt.any(any(int(b["num_samples"]) == 0 for b in micro)):
+            return False
+        self.log.info(f"epoch {self.epoch} batch {micro[-1]['batch_index']}: a rank's micro-batch held only "
+                      f"unreadable samples; every rank skips this step")
+        return True
 
     def _checkpoint_if_due(self, last_result):
         t = self.cfg.train
