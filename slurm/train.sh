@@ -51,6 +51,10 @@ mapfile -t hosts < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
 rdzv_host="${hosts[0]}"
 # A port per job (a requeued job keeps its id, hence its port), below the kernel's ephemeral range.
 rdzv_port="${SATPOSE_RDZV_PORT:-$((15000 + SLURM_JOB_ID % 15000))}"
+# A killed or crashed worker: torchrun restarts the whole worker group (all nodes re-rendezvous) and the
+# trainer resumes from the newest checkpoint, up to this many times per job run.
+max_restarts="${SATPOSE_MAX_RESTARTS:-3}"
+[[ "$max_restarts" =~ ^[0-9]+$ ]] || die "SATPOSE_MAX_RESTARTS must be a non-negative integer, got '$max_restarts'"
 
 # Processes per node, first that applies: SATPOSE_NPROC_PER_NODE; the GPUs Slurm allocated on this node
 # (SLURM_GPUS_ON_NODE); the GPUs nvidia-smi lists (a GPU node without Slurm GPU scheduling); the tasks per
@@ -100,6 +104,7 @@ srun --nodes="$num_nodes" --ntasks="$num_nodes" --ntasks-per-node=1 --cpus-per-t
   "$python" slurm/torchrun_exitcode.py \
     --nnodes="$num_nodes" --nproc-per-node="$nproc" \
     --rdzv-backend=c10d --rdzv-endpoint="$rdzv_host:$rdzv_port" --rdzv-id="$SLURM_JOB_ID" \
+    --max-restarts="$max_restarts" \
     -m "$module" train --run-dir "$run_dir" --resume auto "$@" &
 step_pid=$!
 

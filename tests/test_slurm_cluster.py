@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -36,7 +37,7 @@ TINY = ["data.name=synthetic", "data.input_size=64", "data.heatmap_size=16", "da
         "data.synthetic_val_size=8", "data.num_workers=0", "model.stacks=1", "model.features=16",
         "discriminator.features=16", "train.batch_size=4", "train.log_every=1", "train.threads=1"]
 TRAIN_SH_KNOBS = {"SATPOSE_PYTHON", "SATPOSE_REPO", "SATPOSE_RUN_DIR", "SATPOSE_NPROC_PER_NODE",
-                  "SATPOSE_RDZV_PORT", "SATPOSE_TRAIN_MODULE", "OMP_NUM_THREADS"}
+                  "SATPOSE_RDZV_PORT", "SATPOSE_TRAIN_MODULE", "SATPOSE_MAX_RESTARTS", "OMP_NUM_THREADS"}
 # 2 training processes on the one node (train.sh's CPU-only rule); the time limit is long enough for the
 # whole job and the timer's SIGUSR1 (train.sh's default @300 would fire at once) comes only after 4.5 min.
 TWO_PROCS = ["--ntasks-per-node=2", "--cpus-per-task=1", "--time=5", "--signal=B:USR1@30"]
@@ -323,6 +324,42 @@ def test_trainer_signal_checkpoints_requeues_and_resumes(slurm_env, tmp_path):
     second = [r["step"] for r in rows[starts[1]:] if r["kind"] == "train"]
     assert first == list(range(1, step + 1)), report
     assert second == list(range(step + 1, max_steps + 1)), report
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["steps"], summary["world_size"]) == (max_steps, 2), report
+
+
+def _training_workers(run_dir: Path) -> list[int]:
+    """PIDs of the trainer processes (torchrun's workers, not the agent) of the job writing `run_dir`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except (OSError, ValueError):
+            continue
+        if str(run_dir) in argv and "harness" in argv and not any("torchrun_exitcode" in a for a in argv):
+            pids.append(int(proc.name))
+    return sorted(pids)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_killed_worker_restarts_inside_the_job(slurm_env, tmp_path):
+    """SIGKILL one of the two training processes mid-run: torchrun (--max-restarts from train.sh) restarts
+    both, they resume from the newest checkpoint, and the job COMPLETES in its first run (no requeue)."""
+    run_dir, max_steps = tmp_path / "run", 120
+    job_id = _submit(slurm_env, run_dir, [f"--output={tmp_path}/%x-%j.out", "--job-name=satpose-ci", *TWO_PROCS],
+                     ["--preset", "quickstart", *TINY, f"train.max_steps={max_steps}", "train.checkpoint_every=5"])
+    _wait_train_step(slurm_env, job_id, run_dir, step=10, timeout=120)
+    workers = _training_workers(run_dir)
+    assert len(workers) == 2, f"expected 2 training processes, found {workers}\n{_report(slurm_env, job_id, run_dir)}"
+    os.kill(workers[-1], signal.SIGKILL)
+    job = _wait_final(slurm_env, job_id, timeout=240, run_dir=run_dir)
+    report = _report(slurm_env, job_id, run_dir)
+    assert (job["JobState"], job["ExitCode"], job["Restarts"]) == ("COMPLETED", "0:0", "0"), report
+    rows = _metrics(run_dir)
+    starts = [r for r in rows if r["kind"] == "start"]
+    assert len(starts) == 2 and starts[1]["resumed_step"] >= 5, report
+    assert f"resumed from {run_dir}/checkpoints/step-" in _log(slurm_env, job_id), report
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["steps"], summary["world_size"]) == (max_steps, 2), report
 
