@@ -32,14 +32,12 @@ def run(args) -> int:
         stem = args.preset or (Path(args.config).stem if args.config else "run")
         run_dir = Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     trainer = Trainer(cfg, run_dir, resume=args.resume)
-    clean = False
+    clean, code, summary = False, 0, None
     try:
         summary = trainer.fit()
         clean = True
     except Preempted:
-        clean = True  # every rank agreed to stop and the checkpoint is written
-        _exit_distributed(trainer, EXIT_PREEMPTED)
-        return EXIT_PREEMPTED
+        clean, code = True, EXIT_PREEMPTED  # every rank agreed to stop and the checkpoint is written
     finally:
         trainer.rt.shutdown(clean)
     if summary:
@@ -48,16 +46,11 @@ def run(args) -> int:
                          f"{summary['steps']} steps, {summary['steps_this_run']} of them in this run's "
                          f"{summary['wall_s']:.0f} s, "
                          f"{summary['images_per_s']} img/s)  -> {run_dir / 'summary.json'}")
-    _exit_distributed(trainer, 0)
-    return 0
-
-
-def _exit_distributed(trainer, code: int) -> None:
-    """A multi-process run ends here, once its results are on disk and the group is left: interpreter
-    teardown after gloo was used sometimes aborted a rank ("terminate called without an active
-    exception", SIGABRT), which torchrun reports as a failed run although everything was written."""
     if trainer.rt.distributed:
-        trainer.rt.shutdown(True)
+        # A multi-process run ends here, with its results on disk and the group left: interpreter teardown
+        # after gloo was used sometimes aborted a rank ("terminate called without an active exception",
+        # SIGABRT), which torchrun reports as a failed run although everything was written.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+    return code
