@@ -29,10 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipelines.errors import AnnotationError, read_json
+from data_pipelines.errors import AnnotationError, UserError, read_json
 from data_pipelines.records import SCALE_UNIT_PX, PoseRecord
 from data_pipelines.skeletons import COCO
-from harness.errors import UserError
 
 SPLITS = ("train", "val")
 

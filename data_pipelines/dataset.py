@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
+from data_pipelines.errors import UserError
 from data_pipelines.images import BadImageError, load_image
 from data_pipelines.records import PoseRecord
 from data_pipelines.skeletons import Skeleton
-from harness.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
-"""Errors of the dataset parsers.
+"""The project's user-facing error types, kept in the lowest layer that raises them.
 
-`AnnotationError` is a `UserError` (the CLI prints one "error: ..." line and exits 2). Its message always
-starts with the offending file, then says what is wrong and where (record number, variable, shape).
+`UserError` is bad input from the user (a file, a shape, a config value): the CLI (harness/cli.py) turns it into
+one `error: ...` line and exit code 2. `AnnotationError` is the parsers' UserError; its message always starts
+with the offending file, then says what is wrong and where (record number, variable, shape).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UserError
+
+class UserError(Exception):
+    """Bad input from the user (file, shape, config value): the message says what and where."""
 
 
 class AnnotationError(UserError):

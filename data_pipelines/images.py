@@ -29,7 +29,7 @@ import os
 import numpy as np
 from PIL import Image, ImageFile
 
-from harness.errors import UserError
+from data_pipelines.errors import UserError
 
 
 class BadImageError(UserError):

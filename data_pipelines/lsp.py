@@ -29,10 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipelines.errors import AnnotationError
+from data_pipelines.errors import AnnotationError, UserError
 from data_pipelines.records import OCCLUDED, SCALE_UNIT_PX, VISIBLE, PoseRecord
 from data_pipelines.skeletons import LSP
-from harness.errors import UserError
 
 # Person size = this factor x the longer side of the annotated joints' bounding box.
 PERSON_SIZE_FACTOR = 1.25

@@ -36,11 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipelines.errors import AnnotationError, read_json
+from data_pipelines.errors import AnnotationError, UserError, read_json
 from data_pipelines.lsp import center_scale_from_joints
 from data_pipelines.records import NOT_ANNOTATED, OCCLUDED, VISIBLE, PoseRecord
 from data_pipelines.skeletons import MPII
-from harness.errors import UserError
 
 SPLITS = ("train", "valid", "all")
 NUM_VALIDATION_PEOPLE = 2958

@@ -19,9 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from data_pipelines.errors import UserError
 from data_pipelines.records import PoseRecord
 from data_pipelines.skeletons import COCO, LSP, MPII, Skeleton
-from harness.errors import UserError
 
 # First index of the synthetic "test" split; far above any training size, so the splits never overlap.
 SYNTHETIC_TEST_FIRST = 1_000_000

@@ -53,10 +53,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from data_pipelines.errors import UserError
 from data_pipelines.lsp import center_scale_from_joints
 from data_pipelines.records import OCCLUDED, VISIBLE, PoseRecord
 from data_pipelines.skeletons import LSP
-from harness.errors import UserError
 
 PREFIX = "synthetic:"
 SIDES = ("r", "l")
@@ -306,9 +306,9 @@ def render_record(record: PoseRecord) -> np.ndarray:
 
 def save_previews(people: SyntheticPeople, out_dir, indices=None, overlay: bool = True) -> list[Path]:
     """Write PNGs of some samples (default: all of `people`) for a person to look at: the image, and with
-    `overlay` the same image with the LSP skeleton drawn (harness.draw: left limbs orange, right blue)
+    `overlay` the same image with the LSP skeleton drawn (data_pipelines.draw: left limbs orange, right blue)
     and occluded joints ringed in white. Returns the written paths."""
-    from harness.draw import draw_skeleton
+    from data_pipelines.draw import draw_skeleton
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

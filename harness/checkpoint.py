@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from harness.errors import UserError
+from data_pipelines.errors import UserError
 
 REQUIRED_KEYS = ("generator", "discriminator", "optim_g", "optim_d", "step", "epoch", "config")
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from harness.errors import UserError
+from data_pipelines.errors import UserError
 
 # sub-command -> module that implements it
 COMMANDS = {

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from harness.errors import UserError
+from data_pipelines.errors import UserError
 
 
 class _Strict(BaseModel):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from harness.errors import UserError
+from data_pipelines.errors import UserError
 
 
 @dataclass

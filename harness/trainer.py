@@ -20,13 +20,13 @@ import torch
 from torch import nn
 
 from data_pipelines.dataset import PoseDataset, make_loader
+from data_pipelines.errors import UserError
 from data_pipelines.registry import dataset_info, load_records, skeleton_for
 from data_pipelines.transforms import Augmentation, eval_transform, train_transform
 from harness import checkpoint as ckpt
 from harness import metrics
 from harness.config import Config, DataConfig, OptimizerConfig
 from harness.distributed import Runtime, init_runtime
-from harness.errors import UserError
 from harness.evaluate import PROTOCOL_OF, predict_dataset, score_records
 from harness.precision import param_dtype
 from harness.runlog import RunLog

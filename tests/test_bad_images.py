@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 
 from data_pipelines.dataset import BadSample, BadSampleError, PoseDataset, make_loader
+from data_pipelines.errors import UserError
 from data_pipelines.images import BadImageError, load_image
 from data_pipelines.lsp import load_lsp
 from data_pipelines.records import NOT_ANNOTATED, PoseRecord
 from data_pipelines.skeletons import LSP
 from data_pipelines.transforms import eval_transform
-from harness.errors import UserError
 
 
 @pytest.fixture(scope="module", autouse=True)

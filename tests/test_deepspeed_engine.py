@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.errors import UserError
+from data_pipelines.errors import UserError
 from harness.strategies.deepspeed_engine import FP16_ZERO_REFUSAL, ZERO_STAGE_REFUSAL, deepspeed_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +82,7 @@ def test_module_imports_and_builds_config_without_deepspeed():
     code = ("import sys; sys.modules['deepspeed'] = None\n"
             "import harness.strategies.deepspeed_engine as m\n"
             "assert m.deepspeed_config(micro_batch=2)['train_batch_size'] == 2\n"
-            "from harness.errors import UserError\n"
+            "from data_pipelines.errors import UserError\n"
             "try:\n    m._deepspeed()\nexcept UserError as e:\n    print('ERR', e)\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -18,7 +18,7 @@ import scipy.io as sio
 from PIL import Image
 
 from data_pipelines.coco import load_coco
-from data_pipelines.errors import AnnotationError
+from data_pipelines.errors import AnnotationError, UserError
 from data_pipelines.lsp import center_scale_from_joints, load_lsp
 from data_pipelines.mpii import (
     hourglass_center,
@@ -29,7 +29,6 @@ from data_pipelines.mpii import (
 from data_pipelines.records import NOT_ANNOTATED, OCCLUDED, VISIBLE
 from data_pipelines.registry import SYNTHETIC_TEST_FIRST, load_records, skeleton_for
 from data_pipelines.skeletons import COCO, LSP, MPII
-from harness.errors import UserError
 
 MPII_SAMPLE = "annotations_sample.json"
 MPII_GT = "valid_gt_with_reference_preds.mat"

@@ -53,6 +53,6 @@ def test_one_slurm_task_is_a_single_process(clean_env):
 
 
 def test_nccl_needs_cuda(clean_env):
-    from harness.errors import UserError
+    from data_pipelines.errors import UserError
     with pytest.raises(UserError, match="nccl needs CUDA"):
         distributed.init_runtime("cpu", backend="nccl")

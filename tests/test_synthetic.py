@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from data_pipelines.errors import UserError
 from data_pipelines.geometry import crop_box_side
 from data_pipelines.records import OCCLUDED, VISIBLE
 from data_pipelines.synthetic import (
@@ -30,7 +31,6 @@ from data_pipelines.synthetic import (
     render_record,
     save_previews,
 )
-from harness.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 N_GEOMETRY = 400  # samples for the geometry tests (records only: fast)

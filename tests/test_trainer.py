@@ -223,6 +223,6 @@ def test_bf16_autocast_step_runs_on_cpu(tmp_path, objective):
 
 
 def test_fp16_is_refused_without_gpu(tmp_path):
-    from harness.errors import UserError
+    from data_pipelines.errors import UserError
     with pytest.raises(UserError, match="fp16 needs a GPU"):
         Trainer(tiny("train.precision=fp16", "train.device=cpu"), tmp_path, interactive=False)

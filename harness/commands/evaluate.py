@@ -33,13 +33,13 @@ def run(args) -> int:
     import torch
 
     from data_pipelines.dataset import PoseDataset, make_loader
+    from data_pipelines.errors import UserError
     from data_pipelines.records import ONE_BASED
     from data_pipelines.registry import skeleton_for
     from data_pipelines.transforms import eval_transform
     from harness import checkpoint as ckpt
     from harness import metrics
     from harness.config import config_from_dict
-    from harness.errors import UserError
     from harness.evaluate import predict_dataset, score_records
     from harness.trainer import build_generator, load_split
 

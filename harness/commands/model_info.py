@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from harness.errors import UserError
+from data_pipelines.errors import UserError
 
 if TYPE_CHECKING:  # torch is imported lazily: the CLI loads every command module to build its parser
     import torch

@@ -26,6 +26,8 @@ def run(args) -> int:
     import numpy as np
     from PIL import Image
 
+    from data_pipelines.draw import draw_skeleton
+    from data_pipelines.errors import UserError
     from data_pipelines.geometry import crop_box_side
     from data_pipelines.images import BadImageError, load_image
     from data_pipelines.records import PoseRecord
@@ -33,8 +35,6 @@ def run(args) -> int:
     from data_pipelines.transforms import eval_transform
     from harness import checkpoint as ckpt
     from harness.config import config_from_dict
-    from harness.draw import draw_skeleton
-    from harness.errors import UserError
     from harness.evaluate import predict_original
     from harness.trainer import build_generator
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from data_pipelines.errors import UserError
 from data_pipelines.lsp import read_joints_mat
 from data_pipelines.mpii import load_validation_gt
 from harness import metrics
-from harness.errors import UserError
 
 LSP_TEST_IMAGES = (1001, 2000)
 

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.errors import UserError
+from data_pipelines.errors import UserError
 from harness.step import Model
 
 PRECISIONS = ("fp32", "bf16", "fp16")
