@@ -19,15 +19,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from data_pipelines.dataset import PoseDataset, make_loader
 from data_pipelines.errors import UserError
-from data_pipelines.registry import dataset_info, load_records, skeleton_for
-from data_pipelines.transforms import Augmentation, eval_transform, train_transform
 from harness import checkpoint as ckpt
 from harness import metrics
-from harness.config import Config, DataConfig, OptimizerConfig
+from harness.config import Config
+from harness.data import RunData
 from harness.distributed import Runtime, init_runtime
 from harness.evaluate import PROTOCOL_OF, predict_dataset, score_records
+from harness.optim import build_optimizer, lr_at
 from harness.precision import param_dtype
 from harness.runlog import RunLog
 from harness.step import Model, StepSettings, train_step, unwrap
@@ -44,22 +43,6 @@ class Preempted(Exception):
     """Raised after the preemption checkpoint is written; the CLI exits with EXIT_PREEMPTED."""
 
 
-def load_split(c: DataConfig, which: str, split: str | None = None) -> list:
-    """Records of the training ("train") or held-out ("val") part of the configured dataset."""
-    info = dataset_info(c.name)
-    split = split or (c.train_split if which == "train" else c.val_split) or \
-        (info.train_split if which == "train" else info.eval_split)
-    opts: dict[str, Any] = {}
-    if c.name == "synthetic":
-        opts = {"seed": c.synthetic_seed,
-                "size": c.synthetic_train_size if which == "train" else c.synthetic_val_size}
-    elif c.name == "mpii":
-        opts = {"annotation_file": c.annotation_file, "validation_gt": c.validation_gt}
-    elif c.name == "coco" and c.annotation_file:
-        opts = {"annotation_file": c.annotation_file}
-    return load_records(c.name, c.root, split, **opts)
-
-
 def build_generator(cfg: Config, num_joints: int) -> StackedHourglass:
     return StackedHourglass(num_stacks=cfg.model.stacks, num_joints=num_joints, features=cfg.model.features,
                             num_residual=cfg.model.residuals)
@@ -71,21 +54,6 @@ def build_discriminator(cfg: Config, num_joints: int) -> PoseDiscriminator | Non
     c = cfg.discriminator
     return PoseDiscriminator(num_joints=num_joints, num_stacks=c.stacks, features=c.features,
                              num_residual=c.residuals, conditional=c.conditional)
-
-
-def build_optimizer(params, c: OptimizerConfig) -> torch.optim.Optimizer:
-    if c.name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=c.lr, alpha=c.alpha, eps=c.eps, weight_decay=c.weight_decay)
-    if c.name == "sgd":
-        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
-    return torch.optim.Adam(params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay)
-
-
-def lr_at(c: OptimizerConfig, step: int, steps_per_epoch: int) -> float:
-    """Piecewise-constant schedule: lr * gamma^(milestones passed). A function of the step alone, so a
-    resumed run needs no scheduler state."""
-    scale = steps_per_epoch if c.milestone_unit == "epoch" else 1
-    return c.lr * c.gamma ** sum(step >= m * scale for m in c.milestones)
 
 
 class Trainer:
@@ -121,31 +89,16 @@ class Trainer:
 
     # -- construction ------------------------------------------------------------------------------
     def _build_data(self) -> None:
-        c = self.cfg.data
-        self.skeleton = skeleton_for(c.name)
-        self.train_records = load_split(c, "train")
-        self.val_records = load_split(c, "val")
-        self.train_records = self.train_records[: c.max_train_samples]
-        self.val_records = self.val_records[: c.max_val_samples]
-        if len(self.train_records) < self.cfg.train.batch_size:
-            raise UserError(f"{c.name}: {len(self.train_records)} training samples, fewer than one batch "
-                            f"({self.cfg.train.batch_size})")
-        aug = Augmentation(rotation=c.rotation, scale=c.scale_jitter, flip=c.flip,
-                           color=c.color_jitter)
-        self.train_set = PoseDataset(self.train_records, self.skeleton,
-                                     train_transform(self.skeleton, c.input_size, c.heatmap_size, c.sigma, aug),
-                                     on_bad_sample=c.on_bad_sample)
-        self.val_set = PoseDataset(self.val_records, self.skeleton,
-                                   eval_transform(self.skeleton, c.input_size, c.heatmap_size, c.sigma),
-                                   on_bad_sample=c.on_bad_sample)
-        self.steps_per_epoch = len(self.train_set) // self.cfg.train.batch_size
+        self.data = RunData(self.cfg, self.rt.rank, self.rt.world_size)
+        self.skeleton = self.data.skeleton
+        self.train_records, self.val_records = self.data.train_records, self.data.val_records
+        self.train_set, self.val_set = self.data.train_set, self.data.val_set
+        self.steps_per_epoch = self.data.steps_per_epoch
 
-    def _loader(self, dataset: PoseDataset, epoch: int, train: bool, start_batch: int = 0):
-        return make_loader(dataset, batch_size=self.micro_batch if train else max(self.micro_batch, 8),
-                           seed=self.cfg.train.seed, epoch=epoch, rank=self.rt.rank,
-                           world_size=self.rt.world_size, num_workers=self.cfg.data.num_workers,
-                           shuffle=train, drop_last=train, start_batch=start_batch,
-                           keep_empty=train and self.rt.distributed)
+    def _loader(self, dataset, epoch: int, train: bool, start_batch: int = 0):
+        if train:
+            return self.data.train_loader(self.micro_batch, epoch, start_batch)
+        return self.data.val_loader(max(self.micro_batch, 8))
 
     def _build_models(self) -> None:
         cfg, dev = self.cfg, self.rt.device

@@ -40,8 +40,9 @@ def run(args) -> int:
     from harness import checkpoint as ckpt
     from harness import metrics
     from harness.config import config_from_dict
+    from harness.data import load_split
     from harness.evaluate import predict_dataset, score_records
-    from harness.trainer import build_generator, load_split
+    from harness.trainer import build_generator
 
     state = ckpt.load(args.checkpoint)
     data = dict(state["config"]["data"])

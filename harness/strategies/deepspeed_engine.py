@@ -489,7 +489,7 @@ class DeepSpeedModel(Model):
 
 def wrap_pair(trainer: Any, g: nn.Module, d: nn.Module | None) -> tuple[DeepSpeedModel, DeepSpeedModel | None]:
     """The trainer's DeepSpeed strategy: an engine for G and one for D with the trainer's optimizers."""
-    from harness.trainer import build_optimizer
+    from harness.optim import build_optimizer
 
     cfg, rt = trainer.cfg, trainer.rt
     common = dict(micro_batch=trainer.micro_batch, grad_accum=cfg.train.grad_accum, world_size=rt.world_size,
