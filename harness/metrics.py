@@ -1,34 +1,43 @@
 """PCK / PCKh: the one implementation used by the trainer's validation pass and by `harness score`.
 
+The rules are those of the official MATLAB evaluation (evalMPII.zip: `computePCK.m`, `area_under_curve.m`,
+`genTablePCK.m`; tested against that code's own output in tests/fixtures/mpii_official_eval.json).
+
 Conventions (all protocols):
 - Arrays are people-first: predictions and ground truth `[N, J, 2]` (x, y in pixels), `counted [N, J]`
   bool, `norm [N]` the per-person normalising length in the same pixels. Predictions and ground truth
   must be in the same frame (both 0-based or both 1-based); the metric only uses differences, so no
   offset is ever applied here.
-- A joint is correct when ``||pred - gt|| / norm < threshold`` (strictly below). A non-finite prediction
-  (NaN) is never correct.
+- A joint is correct when ``||pred - gt|| / norm <= threshold`` (`computePCK.m`: ``d <= range(k)``). A
+  non-finite prediction (NaN) is never correct (evalMPII.m turns it into inf).
 - Per-joint PCK = 100 * correct / counted for that joint (NaN when a joint is never counted).
 - A group column (Head, Sho., ...: `skeleton.groups`) is the unweighted mean of its joints' PCK.
 - Mean = 100 * (correct over counted joints not in `skeleton.mean_excludes`) / (their count), which is
-  exactly the count-weighted mean of those joints' PCK (the official MPII script's ``jnt_ratio``).
-- AUC = the mean of the Mean-PCK over the thresholds ``auc_max * k / auc_steps`` for k = 0..auc_steps
-  (default 0, 0.01, ..., 0.5: 51 thresholds); in % like the other columns. Under the strict rule nothing
-  is correct at threshold 0, so even a perfect prediction has AUC = 100 * 50 / 51 = 98.04.
+  exactly the count-weighted mean of those joints' PCK (`computePCK.m`'s pooled "full body" column).
+- AUC = the area under the Mean-PCK curve over the thresholds ``auc_max * k / auc_steps`` (k = 0..auc_steps),
+  with the threshold axis rescaled to [0, 1] and the trapezoid rule (`area_under_curve(scale01(range),
+  pck)`: quadgk of the linear interpolant), in % like the other columns. A perfect prediction has AUC 100.
 - A person with at least one counted joint must have a finite, positive norm; otherwise `ValueError`
   (naming the 0-based rows). Persons without counted joints are ignored whatever their norm.
 
 Protocols (`PROTOCOLS`):
-- "mpii" PCKh (official evaluation): norm = head size = 0.6 x the diagonal of the head box
+- "mpii" PCKh (evalMPII.m): norm = head size = 0.6 x the diagonal of the head box
   (``||headbox[1] - headbox[0]||``); only annotated joints count (``jnt_missing == 0``); Mean excludes
-  pelvis and thorax (shown per joint); also reports Mean PCKh@0.1 ("mean@0.1"). Default threshold 0.5.
-- "lsp" PCK: norm = torso = distance between the ground truth's left shoulder and right hip
-  (`skeleton.torso`); all 14 joints count, occluded ones too; Mean over all joints. Default threshold 0.2.
+  pelvis and thorax (shown per joint; evalMPII.m drops them); also reports Mean PCKh@0.1 ("mean@0.1");
+  AUC over thresholds 0, 0.01, ..., 0.5. Default threshold 0.5. Besides the project's columns (Head = head
+  top, as in the common Python evaluation), `official` holds the row `genTablePCK.m` prints: Head = mean of
+  upper neck and head top, Shoulder .. Ankle = mean of left and right, UBody = pooled over shoulders,
+  elbows and wrists, Total = pooled over the 14 joints (= Mean).
+- "lsp" PCK (`eval_pck.m` of the common LSP evaluation, github.com/bearpaw/eval_pose, after Sapp & Taskar):
+  norm = torso = distance between the ground truth's left shoulder and right hip (`skeleton.torso`); all
+  14 joints count, occluded ones too; Mean over all joints; AUC over thresholds 0, 0.01, ..., 0.2 as in
+  eval_pck.m. Default threshold 0.2.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -44,14 +53,28 @@ class Protocol:
     metric: str  # column label: "PCKh" or "PCK"
     threshold: float  # default threshold
     normaliser: str  # what `norm` is, in words
+    auc_max: float  # AUC thresholds: auc_max * k / auc_steps, k = 0..auc_steps
+    auc_steps: int
     extra_thresholds: tuple[float, ...] = ()  # reported as "mean@<t>"
 
 
 PROTOCOLS: dict[str, Protocol] = {
-    "mpii": Protocol("mpii", MPII, "PCKh", 0.5,
-                     "head size = 0.6 x head-box diagonal", extra_thresholds=(0.1,)),
-    "lsp": Protocol("lsp", LSP, "PCK", 0.2, "torso = |left shoulder - right hip| of the ground truth"),
+    "mpii": Protocol("mpii", MPII, "PCKh", 0.5, "head size = 0.6 x head-box diagonal",
+                     auc_max=0.5, auc_steps=50, extra_thresholds=(0.1,)),
+    "lsp": Protocol("lsp", LSP, "PCK", 0.2, "torso = |left shoulder - right hip| of the ground truth",
+                    auc_max=0.2, auc_steps=20),
 }
+
+# The columns evalMPII.m prints (genTablePCK.m), by MPII joint name: (name, joints, pooled). pooled=False:
+# the unweighted mean of the joints' PCKh; pooled=True: correct / counted over all of them (computePCK.m's
+# "UBody" and "full body" columns).
+MPII_OFFICIAL_COLUMNS: tuple[tuple[str, tuple[str, ...], bool], ...] = (
+    ("Head", ("neck", "head"), False), ("Shoulder", ("lsho", "rsho"), False),
+    ("Elbow", ("lelb", "relb"), False), ("Wrist", ("lwri", "rwri"), False), ("Hip", ("lhip", "rhip"), False),
+    ("Knee", ("lkne", "rkne"), False), ("Ankle", ("lank", "rank"), False),
+    ("UBody", ("rwri", "relb", "rsho", "lsho", "lelb", "lwri"), True),
+    ("Total", tuple(n for n in MPII.joints if n not in ("pelv", "thor")), True),
+)
 
 
 @dataclass(frozen=True)
@@ -72,11 +95,14 @@ class PCKResult:
     normaliser: str
     mean_excludes: tuple[str, ...] = ()
     extra: dict[str, float] = field(default_factory=dict)  # e.g. "mean@0.1"
+    official: dict[str, float] = field(default_factory=dict)  # MPII: the row evalMPII.m prints
+    curve: tuple[float, ...] = ()  # Mean at the AUC thresholds auc_max * k / auc_steps, k = 0..auc_steps
 
     @property
     def auc_definition(self) -> str:
-        return (f"mean of the Mean {self.metric} (%) over thresholds {self.auc_max} * k / {self.auc_steps}, "
-                f"k = 0..{self.auc_steps} ({self.auc_steps + 1} thresholds)")
+        return (f"area under the Mean {self.metric} (%) curve over thresholds {self.auc_max} * k / "
+                f"{self.auc_steps}, k = 0..{self.auc_steps}, rescaled to [0, 1], trapezoid rule "
+                "(area_under_curve.m)")
 
     def to_json(self) -> dict:
         """A JSON-serialisable dict (NaN -> None): per_joint, groups, mean, auc, metric, threshold, count,
@@ -93,8 +119,10 @@ class PCKResult:
             "auc": _num(self.auc),
         }
         out.update({k: _num(v) for k, v in self.extra.items()})
+        if self.official:
+            out["official"] = {k: _num(v) for k, v in self.official.items()}
         out["definitions"] = {
-            "correct": "||pred - gt|| / norm < threshold (strict)",
+            "correct": "||pred - gt|| / norm <= threshold (computePCK.m)",
             "norm": self.normaliser,
             "groups": "unweighted mean of the group's per-joint values",
             "mean": "count-weighted mean of per-joint values"
@@ -102,6 +130,10 @@ class PCKResult:
             "auc": self.auc_definition,
             "units": "percent",
         }
+        if self.official:
+            out["definitions"]["official"] = ("evalMPII.m's columns: Head = mean of neck and head top, "
+                                              "Shoulder..Ankle = mean of left and right, UBody = pooled "
+                                              "over shoulders, elbows, wrists, Total = pooled over 14 joints")
         return out
 
 
@@ -154,7 +186,7 @@ def pck_table(pred, gt, counted, norm, skeleton: Skeleton, threshold: float, *, 
 
     def per_joint_at(t: float) -> tuple[np.ndarray, np.ndarray]:
         """(per-joint PCK %, per-joint correct count) at threshold t."""
-        correct = ((scaled < t) & counted).sum(axis=0)
+        correct = ((scaled <= t) & counted).sum(axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(counts > 0, 100.0 * correct / np.maximum(counts, 1), np.nan), correct
 
@@ -166,12 +198,14 @@ def pck_table(pred, gt, counted, norm, skeleton: Skeleton, threshold: float, *, 
     mean = mean_at(threshold)
     groups = {name: float(np.mean(pck[list(idx)])) for name, idx in skeleton.groups.items()}
     groups["Mean"] = mean
-    auc = float(np.mean([mean_at(auc_max * k / auc_steps) for k in range(auc_steps + 1)]))
+    curve = np.array([mean_at(auc_max * k / auc_steps) for k in range(auc_steps + 1)])
+    auc = float((curve.sum() - (curve[0] + curve[-1]) / 2) / auc_steps)  # trapezoid on [0, 1]
     return PCKResult(
         protocol=protocol or skeleton.name, metric=metric, threshold=float(threshold), count=int(n),
         per_joint={name: float(v) for name, v in zip(skeleton.joints, pck)},
         joint_counts={name: int(c) for name, c in zip(skeleton.joints, counts)},
         groups=groups, mean=mean, auc=auc, auc_max=float(auc_max), auc_steps=int(auc_steps),
+        curve=tuple(float(v) for v in curve),
         normaliser=normaliser, mean_excludes=tuple(skeleton.joints[i] for i in skeleton.mean_excludes),
         extra={f"mean@{t:g}": mean_at(t) for t in extra_thresholds},
     )
@@ -206,9 +240,26 @@ def score_mpii(pred, gt, annotated, headboxes, threshold: float | None = None) -
     annotated = np.asarray(annotated)
     if annotated.dtype != np.bool_:
         annotated = annotated != 0
-    return pck_table(pred, gt, annotated, mpii_head_sizes(headboxes), p.skeleton,
-                     p.threshold if threshold is None else threshold, metric=p.metric, protocol=p.name,
-                     normaliser=p.normaliser, extra_thresholds=p.extra_thresholds)
+    result = pck_table(pred, gt, annotated, mpii_head_sizes(headboxes), p.skeleton,
+                       p.threshold if threshold is None else threshold, metric=p.metric, protocol=p.name,
+                       normaliser=p.normaliser, auc_max=p.auc_max, auc_steps=p.auc_steps,
+                       extra_thresholds=p.extra_thresholds)
+    return replace(result, official=official_columns(result.per_joint, result.joint_counts))
+
+
+def official_columns(per_joint: dict[str, float], counts: dict[str, int]) -> dict[str, float]:
+    """evalMPII.m's table row (`MPII_OFFICIAL_COLUMNS`) from per-joint PCKh and counts. A pooled column
+    is correct / counted over its joints = the count-weighted mean of their PCKh."""
+    out = {}
+    for name, joints, pooled in MPII_OFFICIAL_COLUMNS:
+        values = np.array([per_joint[j] for j in joints])
+        if not pooled:
+            out[name] = float(np.mean(values))
+            continue
+        weights = np.array([counts[j] for j in joints], dtype=np.float64)
+        total = weights.sum()
+        out[name] = float(np.sum(np.nan_to_num(values) * weights) / total) if total else math.nan
+    return out
 
 
 def score_lsp(pred, gt, threshold: float | None = None) -> PCKResult:
@@ -218,7 +269,8 @@ def score_lsp(pred, gt, threshold: float | None = None) -> PCKResult:
     counted = np.ones(gt.shape[:2], dtype=bool)
     return pck_table(pred, gt, counted, torso_sizes(gt, p.skeleton), p.skeleton,
                      p.threshold if threshold is None else threshold, metric=p.metric, protocol=p.name,
-                     normaliser=p.normaliser, extra_thresholds=p.extra_thresholds)
+                     normaliser=p.normaliser, auc_max=p.auc_max, auc_steps=p.auc_steps,
+                     extra_thresholds=p.extra_thresholds)
 
 
 def score(protocol: str, pred, gt, *, annotated=None, headboxes=None,
@@ -251,6 +303,14 @@ def render(result: PCKResult):
     for name in cols:
         table.add_column(name, justify="right", no_wrap=True)
     table.add_row(*(fmt(v) for v in cols.values()))
+    tables = [table]
+    if result.official:
+        official = Table(title="as evalMPII.m prints it (Head = neck + head top; UBody, Total pooled)",
+                         box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True)
+        for name in result.official:
+            official.add_column(name, justify="right", no_wrap=True)
+        official.add_row(*(fmt(v) for v in result.official.values()))
+        tables.append(official)
 
     joints = Table(title="per joint", box=box.SIMPLE_HEAD, padding=(0, 1))
     joints.add_column("joint")
@@ -262,10 +322,11 @@ def render(result: PCKResult):
     notes = [f"norm: {result.normaliser}", f"AUC: {result.auc_definition}"]
     if result.mean_excludes:
         notes.append(f"Mean excludes {', '.join(result.mean_excludes)} (count-weighted over the rest)")
-    return Group(table, joints, *notes)
+    return Group(*tables, joints, *notes)
 
 
-def print_result(result: PCKResult, console=None) -> None:
+def print_result(result, console=None) -> None:
+    """Print a PCKResult (through `render`) or any result with its own `render()` (COCO AP)."""
     from rich.console import Console
 
-    (console or Console()).print(render(result))
+    (console or Console()).print(render(result) if isinstance(result, PCKResult) else result.render())

@@ -1,9 +1,13 @@
-"""harness.metrics against plain-loop transcriptions of the official formulas, on the real MPII and LSP
-ground truth, plus hand-made cases for each official detail."""
+"""harness.metrics against the official MPII evaluation's own output (a fixture made by running evalMPII.m's
+code under Octave, tests/fixtures/mpii_official_eval.json), against plain-loop transcriptions of the
+official formulas (computePCK.m: ``d <= threshold``; area_under_curve.m: trapezoid) on the real MPII and LSP
+ground truth, and on hand-made cases for each official detail."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +22,13 @@ from harness import metrics
 MPII_GROUPS = {"Head": ("head",), "Sho.": ("lsho", "rsho"), "Elb.": ("lelb", "relb"),
                "Wri.": ("lwri", "rwri"), "Hip": ("lhip", "rhip"), "Knee": ("lkne", "rkne"),
                "Ank.": ("lank", "rank")}
+FIXTURE = Path(__file__).parent / "fixtures" / "mpii_official_eval.json"
+
+
+def trapezoid_auc(curve):
+    """area_under_curve(scale01(range), curve): the linear interpolant's integral over [0, 1]."""
+    step = 1.0 / (len(curve) - 1)
+    return sum((a + b) / 2 * step for a, b in zip(curve[:-1], curve[1:]))
 
 
 def official_mpii_pckh(pos_pred_src, pos_gt_src, jnt_missing, headboxes_src, names, threshold):
@@ -41,7 +52,7 @@ def official_mpii_pckh(pos_pred_src, pos_gt_src, jnt_missing, headboxes_src, nam
             for e in scaled[j]:
                 if e is not None:
                     n += 1
-                    if e < t:  # NaN compares False: never correct
+                    if e <= t:  # computePCK.m: d <= range(k); NaN compares False: never correct
                         correct += 1
             pckh.append(100.0 * correct / n)
             count.append(n)
@@ -51,13 +62,24 @@ def official_mpii_pckh(pos_pred_src, pos_gt_src, jnt_missing, headboxes_src, nam
         weights = [0 if names[j] in ("pelv", "thor") else count[j] for j in range(num_joints)]
         return sum(p * w / sum(weights) for p, w in zip(pckh, weights))
 
+    def pooled(pckh, count, members):
+        return sum(pckh[names.index(n)] * count[names.index(n)] for n in members) / \
+            sum(count[names.index(n)] for n in members)
+
     pckh, count = pckh_at(threshold)
     table = {g: sum(pckh[names.index(n)] for n in members) / len(members)
              for g, members in MPII_GROUPS.items()}
     table["Mean"] = mean_of(pckh, count)
-    auc = sum(mean_of(*pckh_at(0.5 * k / 50)) for k in range(51)) / 51
+    auc = trapezoid_auc([mean_of(*pckh_at(0.5 * k / 50)) for k in range(51)])
+    official = {g: sum(pckh[names.index(n)] for n in members) / len(members)  # genTablePCK.m
+                for g, members in (("Head", ("neck", "head")), ("Shoulder", ("lsho", "rsho")),
+                                   ("Elbow", ("lelb", "relb")), ("Wrist", ("lwri", "rwri")),
+                                   ("Hip", ("lhip", "rhip")), ("Knee", ("lkne", "rkne")),
+                                   ("Ankle", ("lank", "rank")))}
+    official["UBody"] = pooled(pckh, count, ("rwri", "relb", "rsho", "lsho", "lelb", "lwri"))
+    official["Total"] = pooled(pckh, count, [n for n in names if n not in ("pelv", "thor")])
     return {"per_joint": dict(zip(names, pckh)), "groups": table, "mean": table["Mean"],
-            "mean@0.1": mean_of(*pckh_at(0.1)), "auc": auc}
+            "mean@0.1": mean_of(*pckh_at(0.1)), "auc": auc, "official": official}
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +105,47 @@ def assert_same(result: metrics.PCKResult, ref: dict) -> None:
     assert result.auc == pytest.approx(ref["auc"], abs=1e-9)
     if "mean@0.1" in ref:
         assert result.extra["mean@0.1"] == pytest.approx(ref["mean@0.1"], abs=1e-9)
+    if "official" in ref:
+        assert list(result.official) == list(ref["official"])
+        for name, v in ref["official"].items():
+            assert result.official[name] == pytest.approx(v, abs=1e-9), name
+
+
+# ---------------------------------------------------------------------------------------------------
+# MPII: the official evaluation's own output on the stored predictions (see the fixture's "how").
+
+@pytest.fixture(scope="module")
+def official():
+    return json.loads(FIXTURE.read_text())
+
+
+def test_mpii_matches_the_official_matlab_output(mpii_mat, official):
+    m = mpii_mat
+    assert official["columns"][:14] == [n for n in m["names"] if n not in ("pelv", "thor")][:6] + \
+        ["rwri", "relb", "rsho", "lsho", "lelb", "lwri", "neck", "head"]  # annolist2matrix's order
+    for threshold in ("0.5", "0.1"):
+        ref = dict(zip(official["columns"], official["pck"][threshold]))
+        r = ours_mpii(m["pos_pred_src"], m, threshold=float(threshold))
+        for name in official["columns"][:14]:
+            assert r.per_joint[name] == pytest.approx(ref[name], abs=1e-9), (threshold, name)
+        assert r.official["UBody"] == pytest.approx(ref["UBody"], abs=1e-9)
+        assert r.official["Total"] == pytest.approx(ref["Total"], abs=1e-9)
+        assert r.mean == pytest.approx(ref["Total"], abs=1e-9)
+        assert r.official["Head"] == pytest.approx((ref["neck"] + ref["head"]) / 2, abs=1e-9)
+    r = ours_mpii(m["pos_pred_src"], m)
+    assert r.extra["mean@0.1"] == pytest.approx(dict(zip(official["columns"], official["pck"]["0.1"]))["Total"],
+                                                abs=1e-9)
+    assert len(r.curve) == len(official["total_curve"]) == 51
+    assert r.curve == pytest.approx(official["total_curve"], abs=1e-9)
+    # area_under_curve.m integrates the interpolant with quadgk (RelTol 1e-6): the printed value carries
+    # that error; our trapezoid is the exact integral of the same curve
+    assert r.auc == pytest.approx(official["auc"], abs=1e-6 * official["auc"])
+    assert r.auc == pytest.approx(trapezoid_auc(official["total_curve"]), abs=1e-9)
+    # and the table exactly as evalMPII.m printed it (1 decimal)
+    row = official["printed"][-2].split("&")[1:]
+    printed = [float(v.strip(" \\")) for v in row]
+    assert [round(r.official[c], 1) for c in r.official] == printed
+    assert official["printed"][-1].endswith(f"AUC: {r.auc:.1f}")
 
 
 def test_mpii_stored_predictions_match_official_formula(mpii_mat):
@@ -135,14 +198,17 @@ def test_mpii_head_size_is_0_6_of_the_head_box_diagonal():
         assert metrics.score_mpii(pred, gt, ann, boxes).per_joint["head"] == (100.0 if correct else 0.0)
 
 
-def test_mpii_threshold_is_strict():
+def test_mpii_error_equal_to_the_threshold_is_correct():
     _, gt, ann, boxes = mpii_case()
     pred = gt.copy()
     wrist = metrics.MPII.index("lwri")
     pred[0, wrist] += (9.0, 12.0)  # error exactly 15 = 0.5 * head size 30
     assert np.linalg.norm(pred[0, wrist] - gt[0, wrist]) / 30.0 == 0.5
-    assert metrics.score_mpii(pred, gt, ann, boxes, threshold=0.5).per_joint["lwri"] == 0.0
-    assert metrics.score_mpii(pred, gt, ann, boxes, threshold=0.5 + 1e-12).per_joint["lwri"] == 100.0
+    assert metrics.score_mpii(pred, gt, ann, boxes, threshold=0.5).per_joint["lwri"] == 100.0  # d <= range
+    assert metrics.score_mpii(pred, gt, ann, boxes, threshold=0.5 - 1e-12).per_joint["lwri"] == 0.0
+    # an exact prediction is correct at threshold 0, so the curve starts at 100 and a perfect AUC is 100
+    perfect = metrics.score_mpii(gt.copy(), gt, ann, boxes)
+    assert perfect.curve[0] == 100.0 and perfect.auc == 100.0
 
 
 def test_mpii_unannotated_joints_are_not_counted():
@@ -184,15 +250,16 @@ def test_mpii_mean_is_count_weighted():
 def test_auc_and_mean_at_0_1_by_hand():
     pred, gt, ann, boxes = mpii_case()  # head size 30
     mean_joints = [j for j in range(16) if metrics.MPII.joints[j] not in ("pelv", "thor")]
-    # scaled errors: 4 joints 0 (correct at every threshold > 0: 50 of 51), 5 joints 0.125 (correct for
-    # t = 0.13 .. 0.5: 38 of 51), 5 joints 0.6 (never)
+    # scaled errors: 4 joints 0 (correct at every threshold, 0 included: 51 of 51), 5 joints 0.125
+    # (correct for t = 0.13 .. 0.5: 38 of 51), 5 joints 0.6 (never)
     scaled = [0.0] * 4 + [0.125] * 5 + [0.6] * 5
     for j, e in zip(mean_joints, scaled):
         pred[0, j, 1] += e * 30.0
     r = metrics.score_mpii(pred, gt, ann, boxes)
     assert r.mean == pytest.approx(100.0 * 9 / 14)
     assert r.extra["mean@0.1"] == pytest.approx(100.0 * 4 / 14)
-    assert r.auc == pytest.approx(100.0 * (4 * 50 + 5 * 38) / (14 * 51), abs=1e-12)
+    # trapezoid over 50 intervals: every point counts once, the two ends half (first 4/14, last 9/14)
+    assert r.auc == pytest.approx(100.0 * ((4 * 51 + 5 * 38) - (4 + 9) / 2) / (14 * 50), abs=1e-12)
 
 
 def test_zero_head_size_is_an_error_only_with_annotated_joints():
@@ -230,7 +297,11 @@ def test_to_json_and_render():
     console = Console(width=100, record=True)
     console.print(metrics.render(r))
     text = console.export_text()
-    assert "Mean@0.1" in text and "AUC" in text and "100.00" in text and "98.04" in text  # 50/51 AUC
+    assert "Mean@0.1" in text and "AUC" in text and "100.00" in text and "98.04" not in text
+    assert "UBody" in text and "Total" in text and "evalMPII.m" in text
+    assert out["official"]["Head"] is None  # genTablePCK.m: (neck + NaN head top) / 2 is NaN
+    assert out["official"]["Total"] == 100.0 and out["official"]["UBody"] == 100.0
+    assert out["auc"] == 100.0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -253,15 +324,15 @@ def loop_lsp_pck(pred, gt, threshold):
         for j in range(nj):
             scaled[i][j] = math.dist(pred[i, j], gt[i, j]) / torso
 
-    def pck_at(t):
-        return [100.0 * sum(1 for i in range(n) if scaled[i][j] < t) / n for j in range(nj)]
+    def pck_at(t):  # eval_pck.m: dist <= range(k)
+        return [100.0 * sum(1 for i in range(n) if scaled[i][j] <= t) / n for j in range(nj)]
 
     pck = pck_at(threshold)
     names = metrics.LSP.joints
     groups = {g: sum(pck[names.index(x)] for x in members) / len(members)
               for g, members in {**MPII_GROUPS, "Head": ("neck", "head")}.items()}
     groups["Mean"] = sum(pck) / nj
-    auc = sum(sum(pck_at(0.5 * k / 50)) / nj for k in range(51)) / 51
+    auc = trapezoid_auc([sum(pck_at(0.2 * k / 20)) / nj for k in range(21)])  # eval_pck.m: 0:0.01:0.2
     return {"per_joint": dict(zip(names, pck)), "groups": groups, "mean": groups["Mean"], "auc": auc}
 
 
@@ -280,7 +351,7 @@ def test_lsp_noisy_copy_matches_loop_reference(lsp_test_gt):
 def test_lsp_perfect_copy_scores_100(lsp_test_gt):
     r = metrics.score_lsp(lsp_test_gt.copy(), lsp_test_gt)
     assert set(r.per_joint.values()) == {100.0} and set(r.groups.values()) == {100.0}
-    assert r.auc == pytest.approx(100.0 * 50 / 51)  # threshold 0 counts nothing under the strict rule
+    assert r.auc == 100.0 and len(r.curve) == 21  # d = 0 <= 0: correct at every threshold of 0:0.01:0.2
 
 
 def test_lsp_zero_torso_is_an_error(lsp_test_gt):
