@@ -19,6 +19,7 @@ COMMANDS = {
     "predict": "harness.commands.predict",
     "score": "harness.commands.score",
     "model-info": "harness.commands.model_info",
+    "sweep": "sweeps.cli",
 }
 
 

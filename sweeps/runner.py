@@ -1,0 +1,141 @@
+"""Run (or resume) a sweep with Ray Tune: one grid over (point, seed), one harness training run per trial.
+
+The experiment lives in `<storage>/<name>/`: Tune's own state, `sweep.json` (what was asked for, read by
+the report), and one run dir per trial, `<point>-seed<k>/` (config.yaml, checkpoints, metrics.jsonl,
+summary.json, train.log). A sweep started with `resume=True` restores Tune's state when there is one, so
+finished trials are not run again and unfinished ones continue from their own checkpoints.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+from data_pipelines.errors import UserError
+from sweeps.presets import get_preset
+from sweeps.trial import TrialSpec, run_name, run_trial, trial_config
+
+TOKEN_FILE = "ray_auth_token"
+
+
+def _write_token(path: Path) -> None:
+    """A fresh random token in a file only the user can read (created 0600, never world-readable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+
+
+def _start_ray(experiment_dir: Path, num_cpus: int | None) -> bool:
+    """Connect to `RAY_ADDRESS` (slurm/sweep.sh's cluster, its token path in the environment), or start a
+    local Ray on loopback with token authentication (a fresh token in the experiment dir) and no
+    dashboard. Returns whether this call connected or started Ray (and so must shut it down)."""
+    if "ray" not in sys.modules and not os.environ.get("RAY_ADDRESS") and "RAY_AUTH_MODE" not in os.environ:
+        # Before `import ray`: Ray reads its authentication settings once, at import.
+        token = experiment_dir / TOKEN_FILE
+        _write_token(token)
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, num_gpus=None, include_dashboard=False, log_to_driver=False,
+                 _node_ip_address="127.0.0.1")
+    return True
+
+
+def _scheduler(name: str, spec: TrialSpec):
+    if name == "fifo":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    cfg = trial_config(spec, next(iter(spec.preset.points)), 0).train
+    validations = max(1, cfg.max_steps // cfg.val_every) if cfg.val_every else 1
+    return ASHAScheduler(time_attr="training_iteration", max_t=validations + 1,
+                         grace_period=max(1, validations // 4), reduction_factor=2)
+
+
+def missing_trials(experiment_dir: Path) -> list[str]:
+    """Run dirs of the sweep in `experiment_dir` that have no summary.json yet."""
+    manifest = json.loads((experiment_dir / "sweep.json").read_text())
+    return [r for r in manifest["runs"] if not (experiment_dir / r / "summary.json").is_file()]
+
+
+def run_sweep(preset: str, overrides: list[str] = (), seeds: int | None = None, scheduler: str = "fifo",
+              gpus_per_trial: int = 0, cpus_per_trial: int = 1, storage: str | Path = "runs/sweeps",
+              name: str | None = None, resume: bool = False, max_failures: int = 2,
+              num_cpus: int | None = None) -> dict[str, Any]:
+    """Run the sweep `preset` (see sweeps.presets) and return {"experiment_dir", "unfinished", "errors",
+    "without_summary"} (the last includes trials ASHA stopped early).
+
+    Every (point, seed) config is validated before Ray starts. `resume=True` restores the experiment
+    `<storage>/<name>` when Tune can (and starts it otherwise): completed trials are kept, unfinished
+    and errored ones continue from their checkpoints. A crashed trial is retried `max_failures` times,
+    resuming from its own checkpoint.
+    """
+    p = get_preset(preset)
+    if scheduler not in ("fifo", "asha"):
+        raise UserError(f"--scheduler must be fifo or asha, got {scheduler!r}")
+    if gpus_per_trial < 0 or cpus_per_trial < 1:
+        raise UserError(f"need --gpus-per-trial >= 0 and --cpus-per-trial >= 1 (got {gpus_per_trial}, "
+                        f"{cpus_per_trial})")
+    seeds = p.seeds if seeds is None else seeds
+    if seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {seeds}")
+    name = name or p.name
+    experiment_dir = Path(storage).resolve() / name
+    spec = TrialSpec(p, tuple(overrides), str(experiment_dir), os.getcwd(), cpus_per_trial, gpus_per_trial)
+    for point in p.points:  # one clear error now rather than N failed trials later
+        trial_config(spec, point, 0)
+    runs = [run_name(point, s) for point in p.points for s in range(seeds)]
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {"preset": p.name, "overrides": list(overrides), "seeds": seeds, "scheduler": scheduler,
+                "points": list(p.points), "runs": runs, "gpus_per_trial": gpus_per_trial,
+                "cpus_per_trial": cpus_per_trial}
+    if (experiment_dir / "sweep.json").is_file():
+        old = json.loads((experiment_dir / "sweep.json").read_text())
+        if not resume:
+            raise UserError(f"{experiment_dir} already holds a sweep: pass --resume to finish it, or --name NEW")
+        if {k: old.get(k) for k in ("preset", "overrides", "seeds")} != {k: manifest[k] for k in
+                                                                          ("preset", "overrides", "seeds")}:
+            raise UserError(f"{experiment_dir}/sweep.json was started with preset {old.get('preset')}, overrides "
+                            f"{old.get('overrides')}, seeds {old.get('seeds')}: resume it with the same")
+    (experiment_dir / "sweep.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+    started = _start_ray(experiment_dir, num_cpus)
+    from ray import tune
+
+    try:
+        trainable = tune.with_resources(functools.partial(run_trial, spec=spec),
+                                        {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+        if resume and tune.Tuner.can_restore(str(experiment_dir)):
+            tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True,
+                                       resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"point": tune.grid_search(list(p.points)), "seed": tune.grid_search(list(range(seeds)))},
+                tune_config=tune.TuneConfig(metric="score", mode="max", scheduler=_scheduler(scheduler, spec)),
+                run_config=tune.RunConfig(name=name, storage_path=str(experiment_dir.parent), verbose=1,
+                                          failure_config=tune.FailureConfig(max_failures=max_failures)))
+        results = tuner.fit()
+        errors = [str(e).splitlines()[0] for e in results.errors]
+        # PENDING/PAUSED/RUNNING after fit() returned: the run was interrupted (SIGINT/SIGUSR1 to the driver)
+        unfinished = sorted(run_name(t.config["point"], t.config["seed"])
+                            for t in results._experiment_analysis.trials if t.status not in ("TERMINATED", "ERROR"))
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    return {"experiment_dir": experiment_dir, "unfinished": unfinished, "errors": errors,
+            "without_summary": missing_trials(experiment_dir)}
