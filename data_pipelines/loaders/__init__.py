@@ -1,0 +1,1 @@
+"""Data backends behind the batch contract of data_pipelines/batch.py: `cpu` (PyTorch DataLoader workers)."""
