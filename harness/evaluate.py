@@ -13,13 +13,14 @@ import torch.distributed as dist
 
 from data_pipelines.records import NOT_ANNOTATED, PoseRecord
 from data_pipelines.skeletons import Skeleton
-from harness import metrics
+from harness import coco_eval, metrics
 from harness.precision import autocast, param_dtype
 from models.heatmap import decode_heatmaps, flip_merge, heatmap_to_input, to_original
 
 # Which official protocol scores which dataset: LSP-layout data (LSP, synthetic) use PCK@0.2 with the
-# torso; MPII uses PCKh with head boxes (falls back to PCK@0.2-style torso scoring without them).
-PROTOCOL_OF = {"lsp": "lsp", "synthetic": "lsp", "mpii": "mpii"}
+# torso; MPII uses PCKh with head boxes (falls back to PCK@0.2-style torso scoring without them); COCO uses
+# keypoint AP (OKS) by pycocotools' COCOeval against the annotation file (harness.coco_eval).
+PROTOCOL_OF = {"lsp": "lsp", "synthetic": "lsp", "mpii": "mpii", "coco": "coco"}
 
 
 @torch.no_grad()
@@ -70,11 +71,17 @@ def predict_dataset(generator: torch.nn.Module, loader, device: torch.device, sk
 
 
 def score_records(records: list[PoseRecord], predictions: dict[int, np.ndarray], dataset: str,
-                  threshold: float | None = None) -> metrics.PCKResult:
+                  threshold: float | None = None, *, coco_annotations=None):
     """Score predictions (keyed by position in `records`) against every record's ground truth. A record
-    without a prediction (its image was skipped as unreadable) counts as wrong on all its joints."""
+    without a prediction (its image was skipped as unreadable) counts as wrong on all its joints. COCO
+    is scored against its annotation file `coco_annotations` (coco_eval.CocoKeypointResult); the others
+    give a metrics.PCKResult."""
     if not records:
         raise ValueError("no held-out records to score")
+    if PROTOCOL_OF.get(dataset) == "coco":
+        if coco_annotations is None:
+            raise ValueError("COCO keypoint AP is computed against the annotation file: pass coco_annotations")
+        return coco_eval.score_records(records, predictions, coco_annotations)
     num_joints = records[0].num_joints
     missing = np.full((num_joints, 2), np.nan)
     pred = np.stack([predictions.get(i, missing) for i in range(len(records))])

@@ -14,6 +14,7 @@ import scipy.io
 from harness import metrics
 
 REPO = Path(__file__).resolve().parents[1]
+OFFICIAL = REPO / "tests" / "fixtures" / "mpii_official_eval.json"  # evalMPII.m's output (see its "how")
 
 
 def harness(*args) -> subprocess.CompletedProcess:
@@ -45,6 +46,9 @@ def assert_matches(out: dict, result: metrics.PCKResult) -> None:
             assert out[key][name] == pytest.approx(v, abs=1e-9), (key, name)
     for key in ("mean", "auc", *result.extra):
         assert out[key] == pytest.approx(ref[key], abs=1e-9), key
+    assert out.get("official", {}).keys() == ref.get("official", {}).keys()
+    for name, v in ref.get("official", {}).items():
+        assert out["official"][name] == pytest.approx(v, abs=1e-9), name
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -77,6 +81,22 @@ def test_mpii_npy_and_pos_pred_src_inputs_agree(mpii):
     assert_matches(out_src, mpii["expected"])
 
 
+def test_mpii_cli_matches_the_official_matlab_output(mpii):
+    """`score` on the stored predictions (pos_pred_src of the GT file) against evalMPII.m's own numbers."""
+    official = json.loads(OFFICIAL.read_text())
+    pck = dict(zip(official["columns"], official["pck"]["0.5"]))
+    out = score_json("--protocol", "mpii", "--gt", mpii["gt"], "--pred", mpii["gt"])
+    expected = {"Head": (pck["neck"] + pck["head"]) / 2, "Shoulder": (pck["lsho"] + pck["rsho"]) / 2,
+                "Elbow": (pck["lelb"] + pck["relb"]) / 2, "Wrist": (pck["lwri"] + pck["rwri"]) / 2,
+                "Hip": (pck["lhip"] + pck["rhip"]) / 2, "Knee": (pck["lkne"] + pck["rkne"]) / 2,
+                "Ankle": (pck["lank"] + pck["rank"]) / 2, "UBody": pck["UBody"], "Total": pck["Total"]}
+    assert out["official"] == pytest.approx(expected, abs=1e-9)
+    assert out["mean"] == pytest.approx(pck["Total"], abs=1e-9)
+    assert out["mean@0.1"] == pytest.approx(official["pck"]["0.1"][-1], abs=1e-9)
+    assert out["auc"] == pytest.approx(official["auc"], abs=1e-6 * official["auc"])  # quadgk's RelTol
+    assert out["definitions"]["correct"].startswith("||pred - gt|| / norm <= threshold")
+
+
 def test_mpii_threshold_and_images(mpii):
     out = score_json("--protocol", "mpii", "--gt", mpii["gt"], "--pred", mpii["tmp"] / "preds.npy",
                      "--threshold", "0.3", "--images", "11-110")
@@ -93,9 +113,11 @@ def test_mpii_table_output(mpii):
     proc = harness("score", "--protocol", "mpii", "--gt", mpii["gt"], "--pred", mpii["tmp"] / "preds.mat")
     assert proc.returncode == 0, proc.stderr
     r = mpii["expected"]
-    for col in ("Head", "Sho.", "Elb.", "Wri.", "Hip", "Knee", "Ank.", "Mean", "Mean@0.1", "AUC"):
+    for col in ("Head", "Sho.", "Elb.", "Wri.", "Hip", "Knee", "Ank.", "Mean", "Mean@0.1", "AUC",
+                "evalMPII.m", "Shoulder", "Ankle", "UBody", "Total"):
         assert col in proc.stdout
-    for v in (r.groups["Head"], r.groups["Wri."], r.mean, r.extra["mean@0.1"], r.auc):
+    for v in (r.groups["Head"], r.groups["Wri."], r.mean, r.extra["mean@0.1"], r.auc, r.official["Head"],
+              r.official["UBody"]):
         assert f"{v:.2f}" in proc.stdout
 
 

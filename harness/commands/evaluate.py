@@ -1,8 +1,9 @@
 """`python -m harness eval --checkpoint PATH [--data NAME --data-root DIR] [--no-flip] [--json] [--preds-out FILE]`
 
 Scores a checkpoint's generator on the held-out split with the official protocols (PCKh on MPII, PCK@0.2
-on LSP-layout data) and can write the predictions in the official `preds` layout (people x joints x 2,
-1-based pixels for MPII and LSP, as their evaluation scripts read them).
+on LSP-layout data, keypoint AP by pycocotools' COCOeval on COCO, one pose per ground-truth box) and can
+write the predictions in the official `preds` layout (people x joints x 2, 1-based pixels for MPII and LSP,
+as their evaluation scripts read them).
 """
 
 from __future__ import annotations
@@ -39,10 +40,10 @@ def run(args) -> int:
     from data_pipelines.transforms import eval_transform
     from harness import checkpoint as ckpt
     from harness import metrics
+    from harness.build import build_generator
     from harness.config import config_from_dict
     from harness.data import load_split
     from harness.evaluate import predict_dataset, score_records
-    from harness.trainer import build_generator
 
     state = ckpt.load(args.checkpoint)
     data = dict(state["config"]["data"])
@@ -68,7 +69,14 @@ def run(args) -> int:
                          num_workers=c.num_workers, shuffle=False, drop_last=False)
     preds = predict_dataset(generator, loader, device, skeleton, flip_test=not args.no_flip,
                             precision=cfg.train.precision if device.type == "cuda" else "fp32")
-    result = score_records(records, preds, cfg.data.name)
+    coco_gt = None
+    if cfg.data.name == "coco":  # COCO keypoint AP is scored against the split's annotation file
+        from data_pipelines.coco import coco_paths
+        coco_gt = c.annotation_file or coco_paths(c.root, args.split or c.val_split or "val")[0]
+    try:
+        result = score_records(records, preds, cfg.data.name, coco_annotations=coco_gt)
+    except ValueError as exc:
+        raise UserError(f"cannot score {cfg.data.name}: {exc}") from None
     if args.preds_out:
         out = np.full((len(records), skeleton.num_joints, 2), np.nan)
         for i, p in preds.items():

@@ -1,4 +1,5 @@
-"""`python -m harness score`: PCKh (MPII) / PCK (LSP) of a predictions file against the official ground truth.
+"""`python -m harness score`: PCKh (MPII) / PCK (LSP) / keypoint AP (COCO) of a predictions file against the
+official ground truth.
 
 Ground truth:
 - mpii: the official evaluation's .mat (`pos_gt_src` 16x2xN, `jnt_missing` 16xN, `headboxes_src` 2x2xN;
@@ -13,6 +14,10 @@ Both files are in the datasets' own 1-based pixel convention; PCK only uses diff
 applied. `--images A-B` (1-based, inclusive; lsp default 1001-2000, the test split; mpii default all
 people) selects ground-truth rows; predictions may cover just those rows or every ground-truth row (then
 the same rows are selected).
+
+coco: `--gt` a COCO keypoint annotation file (person_keypoints_<split>2017.json), `--pred` a COCO results
+file (JSON list of {image_id, category_id, keypoints, score}); scored by pycocotools' COCOeval with
+iouType "keypoints" (OKS AP over 0.50:0.05:0.95); `--threshold` and `--images` do not apply.
 """
 
 from __future__ import annotations
@@ -26,17 +31,19 @@ import numpy as np
 from data_pipelines.errors import UserError
 from data_pipelines.lsp import read_joints_mat
 from data_pipelines.mpii import load_validation_gt
-from harness import metrics
+from harness import coco_eval, metrics
 
 LSP_TEST_IMAGES = (1001, 2000)
 
 
 def register(subparsers, name: str) -> None:
-    p = subparsers.add_parser(name, help="PCKh / PCK of a predictions file against the ground truth",
+    p = subparsers.add_parser(name, help="PCKh / PCK / COCO keypoint AP of a predictions file against the ground truth",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--protocol", choices=sorted(metrics.PROTOCOLS), required=True)
-    p.add_argument("--gt", type=Path, required=True, help="ground-truth .mat (official layout)")
-    p.add_argument("--pred", type=Path, required=True, help="predictions .mat (preds / pos_pred_src) or .npy")
+    p.add_argument("--protocol", choices=[*sorted(metrics.PROTOCOLS), "coco"], required=True)
+    p.add_argument("--gt", type=Path, required=True,
+                   help="ground-truth .mat (official layout); coco: annotation .json")
+    p.add_argument("--pred", type=Path, required=True,
+                   help="predictions .mat (preds / pos_pred_src) or .npy; coco: results .json")
     p.add_argument("--threshold", type=float, default=None,
                    help="PCK threshold as a fraction of the norm (default: mpii 0.5, lsp 0.2)")
     p.add_argument("--images", default=None, metavar="A-B",
@@ -47,6 +54,8 @@ def register(subparsers, name: str) -> None:
 
 def run(args) -> int:
     protocol = args.protocol
+    if protocol == "coco":
+        return run_coco(args)
     skeleton = metrics.PROTOCOLS[protocol].skeleton
     if protocol == "mpii":
         gt, annotated, headboxes = load_mpii_gt(args.gt)
@@ -84,6 +93,18 @@ def run(args) -> int:
         out = result.to_json()
         out.update(gt=str(args.gt), pred=str(args.pred), images=f"{first}-{last}")
         print(json.dumps(out, allow_nan=False))
+    else:
+        metrics.print_result(result)
+    return 0
+
+
+def run_coco(args) -> int:
+    for flag, value in (("--threshold", args.threshold), ("--images", args.images)):
+        if value is not None:
+            raise UserError(f"{flag} does not apply to --protocol coco (OKS AP over 0.50:0.05:0.95, all images)")
+    result = coco_eval.score_files(args.gt, args.pred)
+    if args.json:
+        print(json.dumps({**result.to_json(), "gt": str(args.gt), "pred": str(args.pred)}, allow_nan=False))
     else:
         metrics.print_result(result)
     return 0
