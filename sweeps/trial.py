@@ -107,8 +107,14 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     point, seed = config["point"], int(config["seed"])
     run_dir = Path(spec.experiment_dir) / run_name(point, seed)
     run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = trial_config(spec, point, seed)
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file() and json.loads(summary_path.read_text())["steps"] >= cfg.train.max_steps:
+        # Finished before the driver saved Tune's state (a killed driver): report it, do not train again.
+        _report_summary(summary_path)
+        return
     cfg_path = run_dir / "config.yaml"
-    write_config(trial_config(spec, point, seed), cfg_path)
+    write_config(cfg, cfg_path)
     env = dict(os.environ)
     if spec.gpus == 0:
         env["CUDA_VISIBLE_DEVICES"] = ""  # Ray >= 2.47 leaves GPUs visible to zero-GPU actors
@@ -139,6 +145,12 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
         log_tail = (run_dir / "train.log").read_text(errors="replace").splitlines()[-20:]
         raise RuntimeError(f"trial {run_dir.name}: `harness train` exited {code}; last lines of "
                            f"{run_dir / 'train.log'}:\n" + "\n".join(log_tail))
-    summary = json.loads((run_dir / "summary.json").read_text())
+    _report_summary(summary_path)
+
+
+def _report_summary(path: Path) -> None:
+    from ray import tune
+
+    summary = json.loads(path.read_text())
     tune.report({"score": summary["value"], "auc": summary["auc"], "step": summary["steps"],
                  "metric": summary["metric"], "done": True})
