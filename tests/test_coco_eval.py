@@ -248,3 +248,43 @@ def test_malformed_input_is_one_error_line(files, capsys, case):
     assert message in err[0], err[0]
     if named is not None:
         assert str(named) in err[0]
+
+
+def test_eval_command_scores_coco_against_the_split_annotation_file(files, tmp_path, capsys, monkeypatch):
+    """`harness eval` on a COCO checkpoint finds <root>/annotations/person_keypoints_val2017.json and prints
+    COCOeval's AP for its predictions (the model's forward pass is replaced by known predictions here: the
+    test is about the scoring path, not the weights)."""
+    import torch
+
+    from data_pipelines.coco import load_coco
+    from harness import evaluate
+    from harness.config import load_config
+    from models.hourglass import StackedHourglass
+
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    gt_file = root / "annotations" / "person_keypoints_val2017.json"
+    gt_file.write_text(files[0].read_text())
+    records = load_coco(gt_file, root / "val2017")
+    rng = np.random.default_rng(5)
+    preds = {i: np.where(np.isfinite(r.joints), r.joints, r.center)
+             + rng.normal(0.0, 0.06 * math.sqrt(r.meta["area"]), (17, 2)) for i, r in enumerate(records)}
+    monkeypatch.setattr(evaluate, "predict_dataset", lambda *args, **kwargs: preds)
+    cfg = load_config(None, None, ["data.name=coco", f"data.root={root}", "data.input_size=64",
+                                   "data.heatmap_size=16", "data.num_workers=0", "model.stacks=1",
+                                   "model.features=16"])
+    generator = StackedHourglass(num_stacks=1, num_joints=17, features=16, num_residual=cfg.model.residuals)
+    state = {"generator": generator.state_dict(), "discriminator": None, "optim_g": {},
+             "optim_d": {}, "step": 0, "epoch": 0, "config": cfg.to_dict()}
+    torch.save(state, tmp_path / "ck.pt")
+    assert cli_main(["eval", "--checkpoint", str(tmp_path / "ck.pt"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    dets = [{"image_id": records[i].meta["image_id"], "category_id": 1, "score": 1.0,
+             "keypoints": [float(v) for v in np.concatenate([p, np.ones((17, 1))], 1).ravel()]}
+            for i, p in preds.items()]
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    stats = cocoeval_directly(gt_file, tmp_path / "dets.json")
+    assert 0.1 < stats[0] < 1.0
+    for name, v in zip(coco_eval.STAT_NAMES, stats):
+        assert out[name] == pytest.approx(100.0 * v, abs=1e-12), name
+    assert out["detections"] == 5 and out["protocol"] == "coco"
