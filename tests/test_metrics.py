@@ -348,6 +348,24 @@ def test_lsp_noisy_copy_matches_loop_reference(lsp_test_gt):
     assert 20 < r.mean < 100
 
 
+def test_lsp_matches_the_common_matlab_evaluation(lsp_test_gt):
+    """eval_pck.m (github.com/bearpaw/eval_pose) run under Octave on the same predictions:
+    tests/fixtures/lsp_eval_pck.json, printed at 10 decimals."""
+    official = json.loads((FIXTURE.parent / "lsp_eval_pck.json").read_text())
+    gt = lsp_test_gt
+    n, j = np.arange(1, 1001)[:, None], np.arange(1, 15)[None, :]  # 1-based person, joint, as in the .m
+    pred = gt.copy()
+    pred[:, :, 0] += np.mod(7 * n + 3 * j, 41) - 20
+    pred[:, :, 1] += np.mod(5 * n + 11 * j, 37) - 18
+    r = metrics.score_lsp(pred, gt)
+    ref = dict(zip(official["columns"], official["pck"]))
+    ours = {"Ankle": r.groups["Ank."], "Knee": r.groups["Knee"], "Hip": r.groups["Hip"], "Wris": r.groups["Wri."],
+            "Elbo": r.groups["Elb."], "Shou": r.groups["Sho."], "Head": r.groups["Head"], "Mean": r.mean}
+    assert ours == pytest.approx(ref, abs=1e-9)
+    assert r.curve[0] > 0  # some offsets are (0, 0): counted at threshold 0 only under d <= t
+    assert r.auc == pytest.approx(official["auc"], abs=1e-6 * official["auc"])  # quadgk's RelTol
+
+
 def test_lsp_perfect_copy_scores_100(lsp_test_gt):
     r = metrics.score_lsp(lsp_test_gt.copy(), lsp_test_gt)
     assert set(r.per_joint.values()) == {100.0} and set(r.groups.values()) == {100.0}
