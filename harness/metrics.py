@@ -1,7 +1,8 @@
 """PCK / PCKh: the one implementation used by the trainer's validation pass and by `harness score`.
 
 The rules are those of the official MATLAB evaluation (evalMPII.zip: `computePCK.m`, `area_under_curve.m`,
-`genTablePCK.m`; tested against that code's own output in tests/fixtures/mpii_official_eval.json).
+`genTablePCK.m`) and of the common LSP evaluation derived from it (`eval_pck.m`); both are tested against
+those programs' own output (tests/fixtures/mpii_official_eval.json, lsp_eval_pck.json).
 
 Conventions (all protocols):
 - Arrays are people-first: predictions and ground truth `[N, J, 2]` (x, y in pixels), `counted [N, J]`
@@ -106,7 +107,7 @@ class PCKResult:
 
     def to_json(self) -> dict:
         """A JSON-serialisable dict (NaN -> None): per_joint, groups, mean, auc, metric, threshold, count,
-        the extras (e.g. "mean@0.1") and the definitions used."""
+        the extras (e.g. "mean@0.1"), MPII's evalMPII.m columns ("official") and the definitions used."""
         out = {
             "protocol": self.protocol,
             "metric": self.metric,
