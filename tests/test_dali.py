@@ -1,0 +1,209 @@
+"""The DALI backend (DALI's CPU mode here: no GPU in CI) against the torch backend, sample key for sample key.
+
+Everything that does not come from pixels must be EQUAL (it is the same sampling code); crops warped by DALI
+must be close to cv2's on the same decoded input. Tiny crops and few images: DALI's CPU kernels are slow.
+Without DALI these tests skip, except under CI=true, where they fail (CI installs the `dali` extra).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data_pipelines.batch import prepare_batch
+from data_pipelines.geometry import crop_affine
+from data_pipelines.lsp import load_lsp
+from data_pipelines.records import NOT_ANNOTATED
+from data_pipelines.sampling import Augmentation, BadSampleError
+from data_pipelines.skeletons import LSP
+
+try:
+    import nvidia.dali  # noqa: F401
+except ImportError:
+    if os.environ.get("CI"):
+        pytest.fail("NVIDIA DALI is not installed: CI must run the DALI tests (scripts/test.sh installs the "
+                    "`dali` extra)", pytrace=False)
+    pytest.skip("NVIDIA DALI is not installed (bash scripts/setup.sh dali)", allow_module_level=True)
+
+from data_pipelines.loaders.cpu import PoseDataset, make_loader, warp_crop
+from data_pipelines.loaders.dali import build_pipeline, make_dali_loader
+from data_pipelines.loaders.dali_source import OUTPUTS, dali_matrix, png_bytes
+
+S, HM = 64, 16  # crop and heatmap side: small, DALI's CPU warp is slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def lsp_train(lsp_root):
+    return load_lsp(lsp_root, "train")[:10]
+
+
+def crop_stats(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """Mean and 99th percentile of |a - b| over uint8 crops [B, S, S, 3], leaving out a 1-px border."""
+    d = (a.int() - b.int()).abs()[:, 1:-1, 1:-1].double()
+    return float(d.mean()), float(torch.quantile(d.flatten(), 0.99))
+
+
+def assert_same_batches(cpu: list[dict], dali: list[dict]) -> None:
+    """Non-pixel fields equal (values and dtypes), crops close, target heatmaps equal."""
+    assert len(cpu) == len(dali) > 0
+    for a, b in zip(cpu, dali):
+        assert a.keys() == b.keys()
+        for k, v in a.items():
+            if k == "image":
+                mean, p99 = crop_stats(v, b[k])
+                assert v.shape == b[k].shape and b[k].dtype == torch.uint8
+                assert mean < 0.5 and p99 <= 2, (mean, p99)
+            elif isinstance(v, torch.Tensor):
+                assert v.dtype == b[k].dtype and torch.equal(v, b[k]), k
+            else:
+                assert v == b[k], (k, v, b[k])
+        ta = prepare_batch(a, "cpu", heatmap_size=HM, sigma=1.0)
+        tb = prepare_batch(b, "cpu", heatmap_size=HM, sigma=1.0)
+        assert torch.equal(ta["heatmaps"], tb["heatmaps"]) and ta["heatmaps"].abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------------------------ geometry
+
+class _FixedSource:
+    """One image and one crop matrix as the loader's external source outputs (for build_pipeline)."""
+
+    def __init__(self, png: np.ndarray, affine: np.ndarray):
+        self.png, self.affine = png, affine
+
+    def __call__(self, sample_info):
+        j = LSP.num_joints
+        return (self.png, dali_matrix(self.affine), np.zeros((j, 2), np.float32), np.zeros(j, np.int8),
+                np.zeros(j, np.float32), np.ones(3, np.float32), self.affine, np.zeros(2), np.ones(1),
+                np.zeros(1, np.int64), np.zeros(1, np.int8), np.zeros(0, np.uint8))
+
+
+def asymmetric_image(h: int = 45, w: int = 70) -> np.ndarray:
+    """Non-square, no symmetry: a diagonal ramp per channel plus a bright block near the top-left corner."""
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack([(x * 255 // w), (y * 255 // h), ((3 * x + 7 * y) % 256)], axis=-1).astype(np.uint8)
+    img[4:12, 6:10] = (255, 255, 0)
+    return img
+
+
+@pytest.mark.parametrize("rotation, flip", [(90.0, True), (-23.0, False)])
+def test_warp_matches_cv2_on_the_same_decoded_image(rotation, flip):
+    """DALI's warp of a lossless PNG against cv2.warpAffine (the torch backend) of the same pixels. A half-pixel
+    or an x/y mix-up in the matrix conversion moves the ramps and the block: mean |diff| of several levels."""
+    img = asymmetric_image()
+    A = crop_affine([30.3, 20.6], 0.2, S, rotation, flip)
+    pipe = build_pipeline(_FixedSource(png_bytes(img), A), 1, S, None, 1, 1)
+    assert len(pipe.run()) == len(OUTPUTS) - 1  # the encoded bytes and the DALI matrix become `image`
+    got = torch.from_numpy(np.asarray(pipe.run()[0][0]))[None]
+    want = torch.from_numpy(warp_crop(img, A, S))[None]
+    mean, p99 = crop_stats(want, got)
+    assert mean < 0.5 and p99 <= 2, (mean, p99)
+    assert want[0, 1:-1, 1:-1].float().std() > 20  # the crop is not empty: the test can see a shift
+
+
+# ------------------------------------------------------------------------------------------------ real LSP
+
+def test_real_lsp_equal_to_torch_backend_per_rank_and_resumed(lsp_train):
+    """Rank 1 of 2, training augmentation, a short last batch: the same batches as the torch backend; a resume
+    at batch 1 gives exactly the rest of the uninterrupted epoch."""
+    ds = PoseDataset(lsp_train, LSP, S, HM, 1.0, Augmentation())
+    kw = dict(batch_size=2, seed=7, epoch=3, rank=1, world_size=2, shuffle=True, drop_last=False)
+    cpu = list(make_loader(ds, num_workers=0, **kw))
+    dali = list(make_dali_loader(ds, num_workers=1, **kw))
+    assert [b["batch_index"] for b in dali] == [0, 1, 2] and [b["num_samples"] for b in dali] == [2, 2, 1]
+    assert_same_batches(cpu, dali)
+    assert any(bool((b["color"] != 1).any()) for b in dali)  # augmentation was on
+    resumed = list(make_dali_loader(ds, num_workers=1, start_batch=1, **kw))
+    assert [b["batch_index"] for b in resumed] == [1, 2]
+    for a, b in zip(dali[1:], resumed):
+        assert all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor))
+
+
+def test_awkward_files_decode_like_pillow(tmp_path, lsp_train):
+    """Gray, CMYK and EXIF-rotated JPEGs, a progressive one, RGBA and 16-bit PNGs: the torch backend's pixels."""
+    rgb = np.asarray(Image.open(lsp_train[0].image).convert("RGB"))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    files = {"gray.jpg": ("L", {}), "cmyk.jpg": ("CMYK", {}), "exif.jpg": ("RGB", {"exif": exif.tobytes()}),
+             "progressive.jpg": ("RGB", {"progressive": True}), "alpha.png": ("RGBA", {}), "g16.png": ("I;16", {})}
+    records = []
+    for name, (mode, opts) in files.items():
+        im = Image.fromarray(rgb).convert(mode) if mode != "I;16" else \
+            Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).convert("I;16")
+        if mode == "RGBA":
+            im.putalpha(Image.fromarray(np.tile(np.linspace(0, 255, rgb.shape[1]).astype(np.uint8), (rgb.shape[0], 1))))
+        im.save(tmp_path / name, **({"quality": 95} if name.endswith(".jpg") else {}), **opts)
+        records.append(replace(lsp_train[0], image=str(tmp_path / name)))
+    ds = PoseDataset(records, LSP, S, HM, 1.0)
+    kw = dict(batch_size=3, shuffle=False)
+    assert_same_batches(list(make_loader(ds, **kw)), list(make_dali_loader(ds, **kw)))
+
+
+# ------------------------------------------------------------------------------------------------ bad files
+
+@pytest.fixture(scope="module")
+def bad_records(tmp_path_factory, lsp_train):
+    """Good and bad samples, each kind once; the SOF with zero size passes the structure check and makes
+    DALI's decoder itself fail (the loader's rebuild path)."""
+    d = tmp_path_factory.mktemp("bad")
+    raw = open(lsp_train[0].image, "rb").read()
+    corrupt = bytearray(raw)
+    corrupt[2000:6000] = np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    sof = next(i for i in range(len(raw) - 1) if raw[i] == 0xFF and raw[i + 1] in (0xC0, 0xC2))
+    zero = bytearray(raw)
+    zero[sof + 5:sof + 9] = bytes(4)
+    contents = {"good": raw, "truncated": raw[: len(raw) * 6 // 10], "corrupt": bytes(corrupt),
+                "garbage": b"not an image" * 10, "empty": b"", "zero_size": bytes(zero)}
+    records = []
+    for name, data in contents.items():
+        (d / f"{name}.jpg").write_bytes(data)
+        records.append(replace(lsp_train[len(records)], image=str(d / f"{name}.jpg")))
+    records.append(replace(lsp_train[6], image=str(d / "missing.jpg")))
+    records.append(replace(lsp_train[7], visibility=np.full_like(lsp_train[7].visibility, NOT_ANNOTATED)))
+    records.append(lsp_train[8])
+    return records
+
+
+def test_bad_files_are_skipped_and_named_like_the_torch_backend(bad_records):
+    zero_size = np.fromfile(bad_records[5].image, np.uint8)
+    with pytest.raises(RuntimeError):  # DALI's own decoder fails on it: the loader must rebuild and go on
+        build_pipeline(_FixedSource(zero_size, np.eye(2, 3)), 1, S, None, 1, 1).run()
+    ds = PoseDataset(bad_records, LSP, S, HM, 1.0)
+    kw = dict(batch_size=3, shuffle=False, drop_last=False)
+    cpu_loader, dali_loader = make_loader(ds, num_workers=0, **kw), make_dali_loader(ds, num_workers=1, **kw)
+    cpu, dali = list(cpu_loader), list(dali_loader)
+    assert_same_batches(cpu, dali)
+    assert [b["batch_index"] for b in dali] == [0, 2]  # batch 1 held only bad samples
+    skipped = [os.path.basename(f) for b in dali for f in b["skipped"]]
+    assert skipped == ["truncated.jpg", "corrupt.jpg", "garbage.jpg", "empty.jpg", "zero_size.jpg", "missing.jpg",
+                       os.path.basename(bad_records[7].image)]
+    assert dali_loader.skipped_total == cpu_loader.skipped_total == 7
+    assert dali_loader.skipped_files == cpu_loader.skipped_files
+
+
+def test_bad_file_under_raise_is_one_error_naming_it(bad_records):
+    ds = PoseDataset(bad_records, LSP, S, HM, 1.0, on_bad_sample="raise")
+    with pytest.raises(BadSampleError) as cpu:
+        list(make_loader(ds, batch_size=3, shuffle=False, num_workers=1))
+    with pytest.raises(BadSampleError) as dali:
+        list(make_dali_loader(ds, batch_size=3, shuffle=False))
+    assert str(dali.value) == str(cpu.value) and str(dali.value).startswith(bad_records[1].image)
+    assert "\n" not in str(dali.value)
+
+
+def test_image_bytes_helpers_round_trip():
+    img = asymmetric_image()
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png_bytes(img).tobytes()))), img)
