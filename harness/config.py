@@ -38,6 +38,9 @@ class DataConfig(_Strict):
     color_jitter: float = Field(0.2, ge=0, le=1)
     num_workers: int = Field(2, ge=0)
     on_bad_sample: Literal["skip", "raise"] = "skip"
+    backend: Literal["torch", "dali", "auto"] = Field(
+        "torch", description="data loader: torch (DataLoader workers), dali (NVIDIA DALI: GPU decode and warp on "
+                             "CUDA, DALI's CPU mode otherwise), auto (dali when installed and the device is CUDA)")
     max_train_samples: int | None = Field(None, ge=1, description="use only the first N training records")
     max_val_samples: int | None = Field(None, ge=1, description="score only the first N held-out records")
     synthetic_train_size: int = Field(4000, ge=1)
