@@ -306,7 +306,7 @@ def render(result: PCKResult):
     table.add_row(*(fmt(v) for v in cols.values()))
     tables = [table]
     if result.official:
-        official = Table(title="as evalMPII.m prints it (Head = neck + head top; UBody, Total pooled)",
+        official = Table(title="as evalMPII.m prints it (Head: neck + head top)",
                          box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True)
         for name in result.official:
             official.add_column(name, justify="right", no_wrap=True)
