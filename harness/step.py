@@ -1,28 +1,25 @@
-"""One optimizer step of Algorithm 1 for each adversarial objective.
+"""One optimizer step of Algorithm 1, for every objective (harness/objectives.py says which D G's term uses):
 
-    G forward -> D on real and on detached fake (backward into D) -> G loss = MSE over stacks
-    + lambda * adversarial term through D with D frozen (backward into G) -> update D, update G
-    -> k_t update (SAT).
+    G forward -> MSE over stacks -> D's loss on real and detached fake, backward into D
+    -> G's adversarial term through the frozen, pre-update D -> backward into G -> step D, step G
 
-G's adversarial gradient is taken through the pre-update D, as BEGAN computes both losses from one
-forward. D must not accumulate gradients from G's loss: during G's pass D's parameters have
-requires_grad=False (losses.frozen_parameters) and D is called through its unwrapped module, so no
-DDP/DeepSpeed reducer expects gradients from it; its BatchNorm running statistics are frozen for that
-pass, so they are updated once per input kind (real, fake) per step.
+The caller then averages the returned values over ranks and lets the objective update its state (k_t).
 
-Models are reached through a `Pair` so that the same step serves plain modules, DDP and DeepSpeed engines
-(harness/strategies): `backward`, `step` and `no_sync` dispatch to the strategy.
+Models are reached through `Model` handles, so the same step serves plain modules, DDP and DeepSpeed engines
+(harness/strategies): `backward`, `step` and `no_sync` dispatch to the strategy. Every returned value is a
+float64 device tensor: the step never reads a number back to the host.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from harness.objectives import NoAdversary, frozen_discriminator
 from harness.precision import autocast, param_dtype
 from models import losses
 
@@ -30,24 +27,6 @@ from models import losses
 def unwrap(model: nn.Module) -> nn.Module:
     """The user module inside DDP (`.module`) or a DeepSpeed engine (`.module`)."""
     return getattr(model, "module", model)
-
-
-@contextmanager
-def frozen_batchnorm_stats(module: nn.Module):
-    """BatchNorm layers keep using batch statistics (training mode) but do not update their running
-    statistics inside the block: momentum 0 leaves running = running, and the batch counter is restored."""
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
-             for m in norms]
-    for m in norms:
-        m.momentum = 0.0
-    try:
-        yield module
-    finally:
-        for m, (momentum, count) in zip(norms, saved):
-            m.momentum = momentum
-            if count is not None:
-                m.num_batches_tracked.copy_(count)
 
 
 @dataclass
@@ -83,73 +62,61 @@ class Model:
             return self.module.no_sync()
         return nullcontext()
 
-
-@dataclass
-class StepSettings:
-    objective: str  # none | sat | cgan
-    precision: str = "fp32"
-    lambda_g: float = 1e-4
-    alpha: float = 1 / 200
-    delta: float = 0.003
-    distance: str = "heatmap"
-    torso: tuple[int, int] | None = None
+    def grad_norm(self) -> torch.Tensor:
+        """L2 norm of the accumulated gradients (call between the last backward and step), on the device.
+        Under an fp16 GradScaler this is the scaled norm."""
+        grads = [p.grad for p in unwrap(self.module).parameters() if p.grad is not None]
+        if not grads:
+            return torch.zeros((), dtype=torch.float64)
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.double()) for g in grads]))
 
 
-def train_step(micro_batches: list[dict], g: Model, d: Model | None, s: StepSettings,
-               balance: losses.BEGANBalance | None, device: torch.device) -> dict[str, float]:
-    """Run one optimizer step over `micro_batches` (grad_accum of them); return this rank's loss values
-    (the caller averages them over ranks)."""
-    n = len(micro_batches)
-    sums: dict[str, float] = {}
+class StepValues:
+    """Means over the micro-batches of one step, kept on the device in float64."""
 
-    def add(name: str, value: torch.Tensor) -> None:
-        sums[name] = sums.get(name, 0.0) + float(value.detach()) / n
+    def __init__(self, micro_batches: int):
+        self.n = micro_batches
+        self.values: dict[str, torch.Tensor] = {}
 
+    def add(self, logs: dict[str, torch.Tensor]) -> None:
+        for name, value in logs.items():
+            v = value.detach().double() / self.n
+            self.values[name] = self.values[name] + v if name in self.values else v
+
+
+def train_step(micro_batches: list[dict], g: Model, d: Model | None, objective: NoAdversary, precision: str,
+               measure_grad_norms: bool = False) -> dict[str, torch.Tensor]:
+    """One optimizer step over `micro_batches` (grad_accum of them, already on the device: `image`,
+    `heatmaps`, `target_weight`). Returns this rank's values (float64 device scalars)."""
+    dtype = param_dtype(precision)
+    values = StepValues(len(micro_batches))
     for i, batch in enumerate(micro_batches):
-        last = i == n - 1
-        dtype = param_dtype(s.precision)
-        image = batch["image"].to(device, dtype, non_blocking=True)
-        target = batch["heatmaps"].to(device, dtype, non_blocking=True)
-        weight = batch["target_weight"].to(device, dtype, non_blocking=True)
+        last = i == len(micro_batches) - 1
+        image, target, weight = (batch[k].to(dtype) for k in ("image", "heatmaps", "target_weight"))
+        device = image.device
         with g.no_sync(not last):
-            with autocast(device, s.precision):
+            with autocast(device, precision):
                 outputs = g.module(image)
             outputs = [o.to(dtype) for o in outputs]  # losses in fp32/fp64, outside autocast
             fake = outputs[-1]
             loss_mse = losses.heatmap_mse(outputs, target, weight)
-            add("loss_mse", loss_mse)
             loss_g = loss_mse
-            if s.objective != "none":
-                assert d is not None
-                # -- D: real and detached fake ------------------------------------------------------
+            if d is not None:
                 with d.no_sync(not last):
-                    with autocast(device, s.precision):
-                        if s.objective == "sat":
-                            loss_d, l_real, l_fake = losses.sat_discriminator_loss(
-                                d.module, target, fake, image, balance.k)
-                        else:
-                            d_fake = losses.d_fake_targets(fake, target, s.delta, normalize=s.distance,
-                                                           torso=s.torso)
-                            loss_d, l_real, l_fake = losses.cgan_discriminator_loss(
-                                d.module, target, fake, image, d_fake, weight)
-                            add("d_fake", d_fake.float().mean())
-                    add("l_real", l_real)
-                    add("l_fake", l_fake)
-                    add("loss_d", loss_d)
-                    d.backward(loss_d.to(dtype) / n)  # outside autocast, as backward passes should be
-                # -- G's adversarial term through the frozen, pre-update D --------------------------
-                plain_d = unwrap(d.module)
-                with frozen_batchnorm_stats(plain_d), autocast(device, s.precision):
-                    if s.objective == "sat":
-                        adv = losses.sat_generator_adv(plain_d, fake, image)
-                        loss_g = loss_mse + s.lambda_g * adv.to(dtype)
-                    else:
-                        adv = losses.cgan_generator_adv(plain_d, fake, image, weight)
-                        loss_g = loss_mse + s.alpha * adv.to(dtype)
-                add("loss_adv", adv)
-            add("loss_g", loss_g)
-            g.backward(loss_g / n)
-    if d is not None and s.objective != "none":
+                    with autocast(device, precision):
+                        loss_d, d_logs = objective.d_loss(d.module, target, fake, image, weight)
+                    d.backward(loss_d.to(dtype) / len(micro_batches))  # outside autocast, like every backward
+                with frozen_discriminator(unwrap(d.module)) as plain_d, autocast(device, precision):
+                    adv, g_logs = objective.g_adv(plain_d, fake, image, weight)
+                loss_g = loss_mse + adv.to(dtype)
+                values.add({**d_logs, **g_logs})
+            values.add({"loss_mse": loss_mse, "loss_g": loss_g})
+            g.backward(loss_g / len(micro_batches))
+    if measure_grad_norms:
+        values.values["grad_norm_g"] = g.grad_norm()
+        if d is not None:
+            values.values["grad_norm_d"] = d.grad_norm()
+    if d is not None:
         d.step()
     g.step()
-    return sums
+    return values.values

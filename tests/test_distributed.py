@@ -65,8 +65,8 @@ def relative_difference(a: dict, b: dict, initial: dict) -> float:
 
 
 def initial_weights(*overrides: str) -> tuple[dict, dict]:
+    from harness.build import build_discriminator, build_generator
     from harness.config import load_config
-    from harness.trainer import build_discriminator, build_generator
     cfg = load_config(None, None, TINY + list(overrides))
     torch.manual_seed(cfg.train.seed)
     return build_generator(cfg, 14).state_dict(), build_discriminator(cfg, 14).state_dict()
@@ -95,7 +95,7 @@ def test_ddp_two_processes_match_one_process(tmp_path, objective):
     assert relative_difference(one["generator"], two["generator"], g0) < 1e-9
     assert relative_difference(one["discriminator"], two["discriminator"], d0) < 1e-9
     if objective == "sat":  # k_t from rank-averaged losses equals the single-process one
-        assert abs(one["balance"]["k"] - two["balance"]["k"]) < 1e-12
+        assert abs(one["objective"]["k"] - two["objective"]["k"]) < 1e-12
     # and without cross-rank BatchNorm the two runs really differ (the check can fail)
     run(torchrun("--nproc-per-node", "2", "--master-port", str(free_port()),
                  *harness_train(tmp_path / "local-bn", *common, "distributed.sync_batchnorm=false")))
@@ -163,7 +163,7 @@ def test_killed_worker_restarts_resumes_and_matches_uninterrupted(tmp_path):
     run(torchrun("--nproc-per-node", "2", "--master-port", str(free_port()),
                  *harness_train(tmp_path / "straight", *common)))
     a, b = final_state(elastic, 10), final_state(tmp_path / "straight", 10)
-    for part in ("generator", "discriminator", "optim_g", "optim_d", "balance"):
+    for part in ("generator", "discriminator", "optim_g", "optim_d", "objective"):
         pa, pb = a[part], b[part]
         flat_a = json.dumps(pa, default=lambda t: t.tolist(), sort_keys=True)
         flat_b = json.dumps(pb, default=lambda t: t.tolist(), sort_keys=True)

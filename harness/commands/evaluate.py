@@ -25,6 +25,8 @@ def register(sub, name: str) -> None:
     p.add_argument("--no-flip", action="store_true", help="no flip test")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where G runs (auto: a GPU when one is visible)")
     p.add_argument("--preds-out", help="write predictions (.mat with variable `preds`, or .npy)")
     p.set_defaults(func=run)
 
@@ -33,17 +35,15 @@ def run(args) -> int:
     import scipy.io
     import torch
 
-    from data_pipelines.dataset import PoseDataset, make_loader
     from data_pipelines.errors import UserError
     from data_pipelines.records import ONE_BASED
-    from data_pipelines.registry import skeleton_for
-    from data_pipelines.transforms import eval_transform
     from harness import checkpoint as ckpt
     from harness import metrics
     from harness.build import build_generator
     from harness.config import config_from_dict
-    from harness.data import load_split
+    from harness.data import RunData
     from harness.evaluate import predict_dataset, score_records
+    from harness.precision import param_dtype
 
     state = ckpt.load(args.checkpoint)
     data = dict(state["config"]["data"])
@@ -51,24 +51,26 @@ def run(args) -> int:
         data["name"] = args.data
     if args.data_root:
         data["root"] = args.data_root
+    if args.split:
+        data["val_split"] = args.split
     cfg = config_from_dict({**state["config"], "data": data}, where=f"{args.checkpoint} + --data")
-    skeleton = skeleton_for(cfg.data.name)
+    run_data = RunData(cfg, train=False)
+    skeleton, records = run_data.skeleton, run_data.val_records
     generator = build_generator(cfg, skeleton.num_joints)
     try:
         generator.load_state_dict(state["generator"])
     except RuntimeError as exc:
         raise UserError(f"{args.checkpoint}: generator weights do not fit {cfg.data.name} "
                         f"({skeleton.num_joints} joints): {exc}") from None
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    generator.to(device)
-    records = load_split(cfg.data, "val", split=args.split)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA device is visible")
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    precision = cfg.train.precision if device.type == "cuda" or cfg.train.precision == "fp64" else "fp32"
+    generator.to(device, param_dtype(precision))  # weights in the dtype the images are fed in
+    preds = predict_dataset(generator, run_data.val_loader(args.batch_size), device, skeleton,
+                            flip_test=not args.no_flip, precision=precision)
     c = cfg.data
-    dataset = PoseDataset(records, skeleton, eval_transform(skeleton, c.input_size, c.heatmap_size, c.sigma),
-                          on_bad_sample=c.on_bad_sample)
-    loader = make_loader(dataset, batch_size=args.batch_size, seed=0, epoch=0, rank=0, world_size=1,
-                         num_workers=c.num_workers, shuffle=False, drop_last=False)
-    preds = predict_dataset(generator, loader, device, skeleton, flip_test=not args.no_flip,
-                            precision=cfg.train.precision if device.type == "cuda" else "fp32")
     coco_gt = None
     if cfg.data.name == "coco":  # COCO keypoint AP is scored against the split's annotation file
         from data_pipelines.coco import coco_paths

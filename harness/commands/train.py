@@ -41,7 +41,7 @@ def run(args) -> int:
     finally:
         trainer.rt.shutdown(clean)
     if summary:
-        trainer.log.info(f"held-out {summary['metric']} = {summary['value']:.2f}%  "
+        trainer.sinks.info(f"held-out {summary['metric']} = {summary['value']:.2f}%  "
                          f"(best {summary['best']['value']:.2f}% at step {summary['best']['step']}; "
                          f"{summary['steps']} steps, {summary['steps_this_run']} of them in this run's "
                          f"{summary['wall_s']:.0f} s, "

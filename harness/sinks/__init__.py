@@ -68,3 +68,17 @@ class Sinks(Sink):
     def close(self) -> None:
         for s in self.sinks:
             s.close()
+
+
+def build_sinks(cfg, rank: int, run_dir, interactive: bool | None = None) -> Sinks:
+    """The sinks of this rank: the one place that decides which rank writes what."""
+    from harness.sinks.console import ConsoleSink
+    from harness.sinks.jsonl import JsonlSink
+
+    sinks: list[Sink] = []
+    if rank == 0:
+        sinks += [JsonlSink(run_dir), ConsoleSink(cfg.train.max_steps, interactive)]
+    if cfg.telemetry.enabled:  # every rank; needs the process group up (the ranks exchange addresses)
+        from harness.sinks.prometheus import PrometheusSink
+        sinks.append(PrometheusSink(cfg, rank, run_dir))
+    return Sinks(sinks)

@@ -487,12 +487,13 @@ class DeepSpeedModel(Model):
         return contextlib.nullcontext()  # backward() sets DeepSpeed's accumulation boundary itself
 
 
-def wrap_pair(trainer: Any, g: nn.Module, d: nn.Module | None) -> tuple[DeepSpeedModel, DeepSpeedModel | None]:
-    """The trainer's DeepSpeed strategy: an engine for G and one for D with the trainer's optimizers."""
+def wrap_pair(cfg, rt, micro_batch: int, g: nn.Module,
+              d: nn.Module | None) -> tuple[DeepSpeedModel, DeepSpeedModel | None]:
+    """The DeepSpeed strategy of harness.build.wrap_models: an engine for G and one for D, with the run's
+    optimizers (harness.optim)."""
     from harness.optim import build_optimizer
 
-    cfg, rt = trainer.cfg, trainer.rt
-    common = dict(micro_batch=trainer.micro_batch, grad_accum=cfg.train.grad_accum, world_size=rt.world_size,
+    common = dict(micro_batch=micro_batch, grad_accum=cfg.train.grad_accum, world_size=rt.world_size,
                   precision=cfg.train.precision, zero_stage=cfg.distributed.zero_stage)
     gm = DeepSpeedModel(build_engine(g, build_optimizer(g.parameters(), cfg.train.generator), **common))
     dm = (DeepSpeedModel(build_engine(d, build_optimizer(d.parameters(), cfg.train.discriminator), **common))

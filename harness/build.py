@@ -1,0 +1,71 @@
+"""Builders: G and D from the config, placed on the run's device, and their training handles (optimizer,
+GradScaler, DDP or DeepSpeed wrap). The trainer, `eval`, `predict`, `model-info`, `bench` and the sweeps build
+models here and nowhere else."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from harness.config import Config
+from harness.distributed import Runtime
+from harness.optim import build_optimizer
+from harness.precision import param_dtype
+from harness.step import Model
+from models.discriminator import PoseDiscriminator
+from models.hourglass import StackedHourglass
+from models.sync_batchnorm import convert_sync_batchnorm
+
+
+def build_generator(cfg: Config, num_joints: int) -> StackedHourglass:
+    m = cfg.model
+    return StackedHourglass(num_stacks=m.stacks, num_joints=num_joints, features=m.features,
+                            num_residual=m.residuals)
+
+
+def build_discriminator(cfg: Config, num_joints: int) -> PoseDiscriminator | None:
+    """D, or None for the plain hourglass (objective `none`)."""
+    if cfg.adversarial.objective == "none":
+        return None
+    c = cfg.discriminator
+    return PoseDiscriminator(num_joints=num_joints, num_stacks=c.stacks, features=c.features,
+                             num_residual=c.residuals, conditional=c.conditional)
+
+
+def build_models(cfg: Config, num_joints: int, rt: Runtime) -> tuple[nn.Module, nn.Module | None]:
+    """G and D with identical initial weights on every rank (seeded by train.seed), cross-rank BatchNorm when
+    asked for, on the run's device in the precision's parameter dtype."""
+    torch.manual_seed(cfg.train.seed)
+    g, d = build_generator(cfg, num_joints), build_discriminator(cfg, num_joints)
+    if cfg.distributed.sync_batchnorm and rt.distributed:
+        g = convert_sync_batchnorm(g, rt.device)
+        d = convert_sync_batchnorm(d, rt.device) if d is not None else None
+    dtype = param_dtype(cfg.train.precision)
+    for m in (g, d):
+        if m is not None:
+            m.to(rt.device, dtype)
+    return g, d
+
+
+def _ddp(module: nn.Module, rt: Runtime) -> nn.Module:
+    # Buffers (BatchNorm running stats) are broadcast from rank 0 at every forward: DDP's default.
+    return nn.parallel.DistributedDataParallel(module, device_ids=[rt.device.index] if rt.device.type == "cuda"
+                                               else None)
+
+
+def wrap_models(cfg: Config, rt: Runtime, g: nn.Module, d: nn.Module | None,
+                micro_batch: int) -> tuple[Model, Model | None]:
+    """Training handles for G and D under the configured strategy: plain modules (one process), DDP, or one
+    DeepSpeed engine per model; each with its optimizer and, for fp16, its own GradScaler."""
+    t = cfg.train
+    if cfg.distributed.strategy == "deepspeed":
+        from harness.strategies.deepspeed_engine import wrap_pair
+
+        return wrap_pair(cfg, rt, micro_batch, g, d)
+
+    def handle(module: nn.Module, opt_cfg) -> Model:
+        scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" else None
+        wrapped = _ddp(module, rt) if rt.distributed else module
+        return Model(wrapped, build_optimizer(module.parameters(), opt_cfg), scaler)
+
+    return handle(g, t.generator), (handle(d, t.discriminator) if d is not None else None)

@@ -1,0 +1,148 @@
+"""The adversarial objectives as objects: `none` (plain hourglass), `sat` (BEGAN-style) and `cgan` (d_fake).
+
+Each objective owns its hyper-parameters and state and gives the training step three things:
+  d_loss(D, real, fake, image, weight) -> (L_D, logs)   D's loss on the real heatmaps and the DETACHED fake
+  g_adv(D, fake, image, weight)        -> (term, logs)  the weighted adversarial term added to G's MSE loss
+  update(values)                       -> logs          the per-step update from rank-averaged values (k_t)
+so `harness.step.train_step` reads top to bottom with no branch on the objective's name.
+
+The rule for which D G's adversarial term goes through: the PRE-update D of this step (BEGAN computes both
+losses from one forward), called through its unwrapped module with its parameters frozen (no gradient to D,
+no DDP/DeepSpeed reducer armed) and its BatchNorm running statistics frozen (`frozen_discriminator`), so D's
+statistics are updated once per input kind (real, fake) per step. D's optimizer steps after G's backward.
+
+Every value is a device tensor: nothing here reads a number back to the host, so a step never waits for the
+GPU. SAT's k_t is a float64 device scalar, updated from the losses averaged over ranks, hence identical on
+every rank; `state_dict()` holds it as a plain float (checkpoints load with weights_only=True).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.config import Config
+from models import losses
+
+Logs = dict[str, torch.Tensor]
+
+
+@contextmanager
+def frozen_discriminator(d: nn.Module) -> Iterator[nn.Module]:
+    """D for G's adversarial pass: parameters frozen (gradient flows through D's input only) and BatchNorm
+    layers still normalising with batch statistics (training mode) but NOT updating their running statistics
+    (momentum 0 leaves running = running; the batch counter is restored)."""
+    norms = [m for m in d.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+             for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        with losses.frozen_parameters(d):
+            yield d
+    finally:
+        for m, (momentum, count) in zip(norms, saved):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
+
+
+class NoAdversary:
+    """The plain stacked hourglass: G trained with the heatmap MSE only; no D."""
+
+    name = "none"
+    uses_discriminator = False
+
+    def d_loss(self, d, real, fake, image, weight) -> tuple[torch.Tensor, Logs]:
+        raise RuntimeError("objective 'none' has no discriminator")
+
+    def g_adv(self, d, fake, image, weight) -> tuple[torch.Tensor, Logs]:
+        raise RuntimeError("objective 'none' has no discriminator")
+
+    def update(self, values: Logs) -> Logs:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class SAT(NoAdversary):
+    """Self Adversarial Training (BEGAN-style): D reconstructs heatmaps; L_real = err(C, D(C, X)),
+    L_fake = err(C^, D(C^, X)); L_D = L_real - k_t L_fake; G adds lambda_G * err(C^, D(C^, X));
+    k_{t+1} = clip(k_t + lambda_k (gamma L_real - L_fake), 0, 1).
+
+    When k_t stays 0 (L_fake above gamma L_real from the start, as in short runs with the paper's defaults),
+    L_D = L_real: D only learns to reconstruct real heatmaps, and G's term pushes its output towards heatmaps D
+    reconstructs well - a learned pose prior, without a term that makes D reject fakes.
+    """
+
+    name = "sat"
+    uses_discriminator = True
+
+    def __init__(self, gamma: float, lambda_k: float, lambda_g: float, k0: float, device: torch.device):
+        if not (0.0 <= k0 <= 1.0):
+            raise ValueError(f"BEGAN k_t must lie in [0, 1], got {k0}")
+        self.gamma, self.lambda_k, self.lambda_g = float(gamma), float(lambda_k), float(lambda_g)
+        self.k = torch.tensor(float(k0), dtype=torch.float64, device=device)
+
+    def d_loss(self, d, real, fake, image, weight) -> tuple[torch.Tensor, Logs]:
+        l_real = losses.reconstruction_error(d, real.detach(), image)
+        l_fake = losses.reconstruction_error(d, fake.detach(), image)
+        loss = l_real - self.k.to(l_fake.dtype) * l_fake
+        return loss, {"loss_d": loss, "l_real": l_real, "l_fake": l_fake}
+
+    def g_adv(self, d, fake, image, weight) -> tuple[torch.Tensor, Logs]:
+        adv = losses.reconstruction_error(d, fake, image)
+        return self.lambda_g * adv, {"loss_adv": adv}
+
+    def update(self, values: Logs) -> Logs:
+        l_real, l_fake = values["l_real"], values["l_fake"]
+        convergence = l_real + (self.gamma * l_real - l_fake).abs()
+        self.k = (self.k + self.lambda_k * (self.gamma * l_real - l_fake)).clamp(0.0, 1.0)
+        return {"k": self.k, "convergence": convergence}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"k": float(self.k), "gamma": self.gamma, "lambda_k": self.lambda_k}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = {"k", "gamma", "lambda_k"} - set(state)
+        if missing:
+            raise ValueError(f"SAT objective state lacks {sorted(missing)}")
+        self.k = torch.tensor(float(state["k"]), dtype=torch.float64, device=self.k.device)
+
+
+class CGAN(NoAdversary):
+    """The thesis's conditional GAN: D classifies per joint; its label for the fake is d_fake_j = 1 where G's
+    peak is within delta (of the heatmap side, or of the torso) of the ground truth's; G adds alpha * BCE(D(C^),
+    1). Terms are masked by the target weights."""
+
+    name = "cgan"
+    uses_discriminator = True
+
+    def __init__(self, alpha: float, delta: float, distance: str, torso: tuple[int, int] | None):
+        self.alpha, self.delta, self.distance, self.torso = float(alpha), float(delta), distance, torso
+
+    def d_loss(self, d, real, fake, image, weight) -> tuple[torch.Tensor, Logs]:
+        d_fake = losses.d_fake_targets(fake, real, self.delta, normalize=self.distance, torso=self.torso)
+        loss, l_real, l_fake = losses.cgan_discriminator_loss(d, real, fake, image, d_fake, weight)
+        return loss, {"loss_d": loss, "l_real": l_real, "l_fake": l_fake, "d_fake": d_fake.float().mean()}
+
+    def g_adv(self, d, fake, image, weight) -> tuple[torch.Tensor, Logs]:
+        adv = losses.cgan_generator_adv(d, fake, image, weight)
+        return self.alpha * adv, {"loss_adv": adv}
+
+
+def build_objective(cfg: Config, torso: tuple[int, int] | None, device: torch.device) -> NoAdversary:
+    a = cfg.adversarial
+    if a.objective == "sat":
+        return SAT(a.sat.gamma, a.sat.lambda_k, a.sat.lambda_g, a.sat.k0, device)
+    if a.objective == "cgan":
+        return CGAN(a.cgan.alpha, a.cgan.delta, a.cgan.distance, torso)
+    return NoAdversary()
