@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from data_pipelines.batch import prepare_batch
 from data_pipelines.records import NOT_ANNOTATED, PoseRecord
 from data_pipelines.skeletons import Skeleton
 from harness import coco_eval, metrics
@@ -57,7 +58,7 @@ def predict_dataset(generator: torch.nn.Module, loader, device: torch.device, sk
     flip_index = skeleton.flip_index if flip_test else None
     try:
         for batch in loader:
-            images = batch["image"].to(device, non_blocking=True)
+            images = prepare_batch(batch, device, targets=False)["image"]
             coords, _ = predict_original(generator, images, batch["affine"], flip_index, precision)
             for i, c in zip(batch["index"].tolist(), coords.cpu().numpy()):
                 out[int(i)] = c

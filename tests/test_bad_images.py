@@ -11,14 +11,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pose_sample import make_sample
 
-from data_pipelines.dataset import BadSample, BadSampleError, PoseDataset, make_loader
+from data_pipelines.batch import BadSample
 from data_pipelines.errors import UserError
 from data_pipelines.images import BadImageError, load_image
+from data_pipelines.loaders.cpu import PoseDataset, make_loader
 from data_pipelines.lsp import load_lsp
 from data_pipelines.records import NOT_ANNOTATED, PoseRecord
+from data_pipelines.sampling import BadSampleError
 from data_pipelines.skeletons import LSP
-from data_pipelines.transforms import eval_transform
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -196,12 +198,12 @@ BAD = {1: "truncated", 3: "cannot decode", 5: "empty file", 7: "not found", 8: "
 
 def test_skip_mode_counts_and_names_bad_samples(files, lsp_record, caplog):
     recs = records_for(files, lsp_record)
-    ds = PoseDataset(recs, LSP, eval_transform(LSP, 64, 16, 1.0), on_bad_sample="skip")
+    ds = PoseDataset(recs, LSP, 64, 16, 1.0, on_bad_sample="skip")
     for i, why in BAD.items():
         marker = ds[i]
         assert isinstance(marker, BadSample) and marker.file == recs[i].image and why in marker.reason
     loader = make_loader(ds, batch_size=4, num_workers=2, shuffle=False)
-    with caplog.at_level(logging.WARNING, logger="data_pipelines.dataset"):
+    with caplog.at_level(logging.WARNING, logger="data_pipelines.batch"):
         batches = list(loader)
     indices = [i for b in batches for i in b["index"].tolist()]
     assert indices == [0, 2, 4, 6]  # good, gray, cmyk, alpha: loaded
@@ -218,14 +220,14 @@ def test_skip_mode_counts_and_names_bad_samples(files, lsp_record, caplog):
     # the usable odd files give proper crops: the alpha sample's crop is the warp of the composite
     alpha_sample = ds[6]
     rgb = load_image(files["alpha"])
-    direct = eval_transform(LSP, 64, 16, 1.0)(rgb, recs[6])
-    assert torch.equal(alpha_sample["image"], direct["image"])
+    direct = make_sample(rgb, recs[6], None, None, 64, 16, 1.0)
+    np.testing.assert_array_equal(alpha_sample["image"], direct["crop"])
 
 
 def test_all_bad_batch_is_not_yielded_but_counted(files, lsp_record):
     recs = records_for(files, lsp_record)
     order = [0, 5, 7, 2]  # good, empty, missing, gray
-    ds = PoseDataset([recs[i] for i in order], LSP, eval_transform(LSP, 64, 16, 1.0))
+    ds = PoseDataset([recs[i] for i in order], LSP, 64, 16, 1.0)
     got = list(make_loader(ds, batch_size=2, num_workers=0, shuffle=False))
     assert [b["batch_index"] for b in got] == [0, 1] and [b["num_samples"] for b in got] == [1, 1]
     loader = make_loader(ds, batch_size=1, num_workers=0, shuffle=False)
@@ -238,7 +240,7 @@ def test_all_bad_batch_is_not_yielded_but_counted(files, lsp_record):
 
 def test_raise_mode_gives_one_clear_error(files, lsp_record):
     recs = records_for(files, lsp_record)
-    ds = PoseDataset(recs, LSP, eval_transform(LSP, 64, 16, 1.0), on_bad_sample="raise")
+    ds = PoseDataset(recs, LSP, 64, 16, 1.0, on_bad_sample="raise")
     assert ds[0]["index"] == 0
     with pytest.raises(BadSampleError) as info:
         ds[1]
@@ -257,19 +259,19 @@ def test_raise_mode_gives_one_clear_error(files, lsp_record):
 
 def test_constructor_checks(lsp_record):
     with pytest.raises(ValueError, match="on_bad_sample"):
-        PoseDataset([lsp_record], LSP, eval_transform(LSP), on_bad_sample="ignore")
+        PoseDataset([lsp_record], LSP, on_bad_sample="ignore")
     with pytest.raises(ValueError, match="no records"):
-        PoseDataset([], LSP, eval_transform(LSP))
+        PoseDataset([], LSP)
     short = PoseRecord("x.jpg", np.zeros((3, 2)), np.ones(3), (1, 1), 1.0)
     with pytest.raises(ValueError, match="x.jpg"):
-        PoseDataset([short], LSP, eval_transform(LSP))
+        PoseDataset([short], LSP)
 
 
-def test_bug_in_transform_names_the_sample(lsp_record):
-    def broken(image, record, rng):
+def test_bug_in_image_loader_names_the_sample(lsp_record):
+    def broken(record):
         raise KeyError("oops")
 
-    ds = PoseDataset([lsp_record], LSP, broken)
+    ds = PoseDataset([lsp_record], LSP, image_loader=broken)
     with pytest.raises(KeyError) as info:
         ds[0]
     assert any(lsp_record.image in note for note in getattr(info.value, "__notes__", []))

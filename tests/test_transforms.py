@@ -1,5 +1,5 @@
-"""Crop geometry, colour ops and the training/eval transforms, checked against loop references and on real
-LSP images (painted markers must land where the transformed joints say)."""
+"""Crop geometry and the per-sample path every backend shares (plan -> one uint8 warp -> prepare_batch), checked
+against loop references and on real LSP images (painted markers must land where the planned joints say)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from pose_sample import make_sample
 
+from data_pipelines.batch import IMAGE_MEAN, IMAGE_STD
 from data_pipelines.geometry import (
     CROP_ENLARGE,
     apply_affine,
@@ -20,21 +22,12 @@ from data_pipelines.geometry import (
 from data_pipelines.images import load_image
 from data_pipelines.lsp import load_lsp
 from data_pipelines.records import OCCLUDED, SCALE_UNIT_PX, VISIBLE, PoseRecord
+from data_pipelines.sampling import Augmentation
 from data_pipelines.skeletons import LSP
-from data_pipelines.transforms import (
-    IMAGE_MEAN,
-    IMAGE_STD,
-    Augmentation,
-    color_jitter,
-    denormalize_image,
-    draw_params,
-    eval_transform,
-    normalize_image,
-    train_transform,
-)
 
 S, H = 256, 64
 STRIDE = S // H
+TRAIN = Augmentation()  # the default training ranges: rotation +-30 deg, scale 0.75-1.25, flip 0.5, colour 0.2
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -168,62 +161,6 @@ def test_warp_uses_pixel_centre_convention_of_the_matrix():
     np.testing.assert_allclose(got[interior][:, 1], src[interior][:, 1], atol=0.05)
 
 
-# ------------------------------------------------------------------------------------------- colour, norm
-
-def test_color_jitter_against_pixel_loop():
-    rng = np.random.default_rng(3)
-    img = rng.integers(0, 256, size=(6, 7, 3)).astype(np.uint8)
-    b, c, s = 1.25, 0.8, 1.3
-    got = color_jitter(img, b, c, s)
-    lw = (0.299, 0.587, 0.114)
-    x = img.astype(np.float64) * b
-    x = np.clip(x, 0, 255)
-    m = sum(lw[ch] * x[i, j, ch] for i in range(6) for j in range(7) for ch in range(3)) / 42
-    x = np.clip(m + (x - m) * c, 0, 255)
-    ref = np.zeros_like(x)
-    for i in range(6):
-        for j in range(7):
-            g = sum(lw[ch] * x[i, j, ch] for ch in range(3))
-            for ch in range(3):
-                ref[i, j, ch] = min(max(g + (x[i, j, ch] - g) * s, 0.0), 255.0)
-    assert got.dtype == np.float32
-    np.testing.assert_allclose(got, ref, atol=1e-3)
-    np.testing.assert_array_equal(color_jitter(img, 1.0, 1.0, 1.0), img.astype(np.float32))
-
-
-def test_normalize_against_formula_and_roundtrip():
-    rng = np.random.default_rng(4)
-    img = rng.integers(0, 256, size=(5, 4, 3)).astype(np.uint8)
-    t = normalize_image(img)
-    assert t.dtype == torch.float32 and t.shape == (3, 5, 4)
-    for ch in range(3):
-        for i in range(5):
-            for j in range(4):
-                ref = (img[i, j, ch] / 255.0 - IMAGE_MEAN[ch]) / IMAGE_STD[ch]
-                assert float(t[ch, i, j]) == pytest.approx(ref, abs=1e-5)
-    np.testing.assert_array_equal(denormalize_image(t), img)
-
-
-def test_draw_params_ranges_and_reproducibility():
-    aug = Augmentation(rotation=30.0, scale=0.25, flip=True, color=0.2)
-    draws = [draw_params(aug, np.random.default_rng([7, i])) for i in range(2000)]
-    assert draws[5] == draw_params(aug, np.random.default_rng([7, 5]))
-    rot = np.array([d.rotation_deg for d in draws])
-    sc = np.array([d.scale_factor for d in draws])
-    fl = np.array([d.flip for d in draws])
-    col = np.array([[d.brightness, d.contrast, d.saturation] for d in draws])
-    assert rot.min() >= -30 and rot.max() <= 30 and rot.min() < -28 and rot.max() > 28
-    assert sc.min() >= 0.75 and sc.max() <= 1.25 and sc.min() < 0.76 and sc.max() > 1.24
-    assert 0.45 < fl.mean() < 0.55
-    assert col.min() >= 0.8 and col.max() <= 1.2
-    assert not any(d.flip for d in (draw_params(Augmentation(flip=False), np.random.default_rng(i))
-                                    for i in range(50)))
-    with pytest.raises(ValueError, match="rng"):
-        draw_params(aug, None)
-    with pytest.raises(ValueError, match="scale"):
-        Augmentation(scale=1.5)
-
-
 # ------------------------------------------------------------------------------------ real LSP: alignment
 
 @pytest.fixture(scope="module")
@@ -257,14 +194,16 @@ def is_flipped(sample) -> bool:
 
 
 def test_markers_land_on_transformed_joints_with_flip_swap(lsp_samples):
-    """Paint a disc at one original joint, run the full training transform twice with the same Generator
+    """Paint a disc at one original joint, make the training sample twice with the same Generator
     seed (with and without the disc), and find the disc in the output from the difference.
 
     Semantics checked: without a flip, the disc painted at joint j lands on output slot j; with a flip
     the output is mirrored and relabelled, so the disc painted at the ORIGINAL LEFT wrist lands on the
     output's RIGHT-wrist slot (slot flip_index[j]) - the person's left wrist now appears where a right
     wrist would be."""
-    transform = train_transform(LSP, S, H, sigma=1.0)
+    def transform(image, record, rng):
+        return make_sample(image, record, rng, TRAIN, S, H, sigma=1.0)
+
     names = ("lwri", "rwri", "lank", "rank", "head", "lkne")
     checked, flips, errors = 0, set(), []
     for n, (record, image) in enumerate(lsp_samples):
@@ -312,7 +251,9 @@ def test_markers_land_on_transformed_joints_with_flip_swap(lsp_samples):
 
 
 def test_heatmap_peaks_at_joints_over_stride(lsp_samples):
-    transform = train_transform(LSP, S, H, sigma=1.0)
+    def transform(image, record, rng):
+        return make_sample(image, record, rng, TRAIN, S, H, sigma=1.0)
+
     peaks_checked = 0
     for n, (record, image) in enumerate(lsp_samples):
         for seed in range(5):
@@ -337,7 +278,9 @@ def test_heatmap_peaks_at_joints_over_stride(lsp_samples):
 
 
 def test_eval_crop_centres_person_and_is_exact(lsp_samples):
-    transform = eval_transform(LSP, S, H, sigma=1.0)
+    def transform(image, record):
+        return make_sample(image, record, None, None, S, H, sigma=1.0)
+
     for record, image in lsp_samples:
         out = transform(image, record)
         A = out["affine"].numpy()
@@ -356,7 +299,9 @@ def test_eval_crop_centres_person_and_is_exact(lsp_samples):
         assert np.linalg.norm(centroid - (S - 1) / 2) < 0.75
         # no augmentation: the image is exactly the bilinear warp, normalised
         crop = cv2.warpAffine(image, A, (S, S), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-        np.testing.assert_array_equal(denormalize_image(out["image"]), crop)
+        np.testing.assert_array_equal(out["crop"], crop)
+        normalised = (crop.astype(np.float32) / np.float32(255.0) - np.float32(IMAGE_MEAN)) / np.float32(IMAGE_STD)
+        np.testing.assert_array_equal(out["image"].numpy(), normalised.transpose(2, 0, 1))
         assert out["center"].tolist() == record.center.tolist() and out["scale"] == record.scale
 
 
@@ -367,21 +312,20 @@ def test_joints_outside_crop_get_zero_weight_and_occluded_count(lsp_samples):
     joints[LSP.index("head")] = record.center + [0.0, -5 * crop_box_side(record.scale)]  # far above the box
     vis[LSP.index("lank")] = OCCLUDED
     moved = PoseRecord(record.image, joints, vis, record.center, record.scale, "lsp", record.index)
-    out = eval_transform(LSP, S, H)(image, moved)
+    out = make_sample(image, moved, None, None, S, H)
     w = out["target_weight"].numpy()
     assert w[LSP.index("head")] == 0 and float(out["heatmaps"][LSP.index("head")].max()) == 0
     assert w[LSP.index("lank")] == 1  # occluded but annotated: trained on
     assert w.sum() == LSP.num_joints - 1
 
 
-def test_transform_reproducible_and_seed_dependent(lsp_samples):
+def test_sample_reproducible_and_seed_dependent(lsp_samples):
     record, image = lsp_samples[1]
-    t = train_transform(LSP)
-    a = t(image, record, np.random.default_rng(11))
-    b = t(image, record, np.random.default_rng(11))
-    c = t(image, record, np.random.default_rng(12))
+    a = make_sample(image, record, np.random.default_rng(11), TRAIN)
+    b = make_sample(image, record, np.random.default_rng(11), TRAIN)
+    c = make_sample(image, record, np.random.default_rng(12), TRAIN)
     for k in ("image", "heatmaps", "target_weight", "joints", "affine"):
         assert torch.equal(a[k], b[k])
     assert not torch.equal(a["affine"], c["affine"])
     with pytest.raises(ValueError, match="uint8"):
-        t(image.astype(np.float32), record, np.random.default_rng(0))
+        make_sample(image.astype(np.float32), record, np.random.default_rng(0), TRAIN)

@@ -23,16 +23,16 @@ def register(sub, name: str) -> None:
 
 
 def run(args) -> int:
-    import numpy as np
+    import torch
     from PIL import Image
 
+    from data_pipelines.batch import prepare_batch
     from data_pipelines.draw import draw_skeleton
     from data_pipelines.errors import UserError
-    from data_pipelines.geometry import crop_box_side
+    from data_pipelines.geometry import crop_affine, crop_box_side
     from data_pipelines.images import BadImageError, load_image
-    from data_pipelines.records import PoseRecord
+    from data_pipelines.loaders.cpu import warp_crop
     from data_pipelines.registry import skeleton_for
-    from data_pipelines.transforms import eval_transform
     from harness import checkpoint as ckpt
     from harness.config import config_from_dict
     from harness.evaluate import predict_original
@@ -44,7 +44,7 @@ def run(args) -> int:
     generator = build_generator(cfg, skeleton.num_joints)
     generator.load_state_dict(state["generator"])
     generator.eval()
-    transform = eval_transform(skeleton, cfg.data.input_size, cfg.data.heatmap_size, cfg.data.sigma)
+    size = cfg.data.input_size
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     failures = 0
@@ -56,12 +56,12 @@ def run(args) -> int:
             failures += 1
             continue
         h, w = image.shape[:2]
-        # The whole image is the person box: its longer side is the crop box side.
-        record = PoseRecord(image=image_path, joints=np.zeros((skeleton.num_joints, 2)),
-                            visibility=np.zeros(skeleton.num_joints), center=((w - 1) / 2, (h - 1) / 2),
-                            scale=max(h, w) / crop_box_side(1.0))
-        sample = transform(image, record)
-        coords, conf = predict_original(generator, sample["image"][None], sample["affine"][None],
+        # The whole image is the person box (its longer side is the crop box side), cropped as in evaluation.
+        affine = crop_affine(((w - 1) / 2, (h - 1) / 2), max(h, w) / crop_box_side(1.0), size)
+        batch = {"image": torch.from_numpy(warp_crop(image, affine, size))[None], "color": torch.ones(1, 3),
+                 "num_samples": 1}
+        images = prepare_batch(batch, "cpu", targets=False)["image"]
+        coords, conf = predict_original(generator, images, torch.from_numpy(affine)[None],
                                         None if args.no_flip else skeleton.flip_index)
         coords, conf = coords[0].numpy(), conf[0].numpy()
         stem = Path(image_path).stem
