@@ -93,13 +93,11 @@ class SAT(NoAdversary):
         self.k = torch.tensor(float(k0), dtype=torch.float64, device=device)
 
     def d_loss(self, d, real, fake, image, weight) -> tuple[torch.Tensor, Logs]:
-        l_real = losses.reconstruction_error(d, real.detach(), image)
-        l_fake = losses.reconstruction_error(d, fake.detach(), image)
-        loss = l_real - self.k.to(l_fake.dtype) * l_fake
+        loss, l_real, l_fake = losses.sat_discriminator_loss(d, real, fake, image, self.k)
         return loss, {"loss_d": loss, "l_real": l_real, "l_fake": l_fake}
 
     def g_adv(self, d, fake, image, weight) -> tuple[torch.Tensor, Logs]:
-        adv = losses.reconstruction_error(d, fake, image)
+        adv = losses.sat_generator_adv(d, fake, image)
         return self.lambda_g * adv, {"loss_adv": adv}
 
     def update(self, values: Logs) -> Logs:

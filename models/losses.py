@@ -1,22 +1,21 @@
 """Training losses: heatmap MSE with intermediate supervision, and the two adversarial objectives of Self
 Adversarial Training (Chou et al.): the BEGAN-style "sat" objective and the cGAN objective with d_fake.
 
-Pure functions plus one small controller (`BEGANBalance`, the BEGAN k_t); no optimizer logic. The
-intended trainer step, with G the stacked hourglass and D a `models.discriminator.PoseDiscriminator`:
+Pure functions, no optimizer logic and no state: harness/objectives.py composes them into objectives (SAT's
+k_t controller lives there) and harness/step.py runs one step. The order of a step, with G the stacked
+hourglass and D a `models.discriminator.PoseDiscriminator`:
 
-    outputs = G(images); fake = outputs[-1]                 # the LAST stack's heatmaps
-    # D step: D sees the real heatmaps and the DETACHED fake (G gets no gradient from it)
-    loss_d, l_real, l_fake = sat_discriminator_loss(D, target, fake, images, balance.k)
-    opt_d.zero_grad(); loss_d.backward(); opt_d.step()
-    balance.update(l_real.item(), l_fake.item())
-    # G step: the adversarial term runs D with its parameters frozen, so gradient flows through D's
-    # input into G but D's parameters receive none
-    loss_g = heatmap_mse(outputs, target, weight) + SAT_LAMBDA_G * sat_generator_adv(D, fake, images)
-    opt_g.zero_grad(); loss_g.backward(); opt_g.step()
+    outputs = G(images); fake = outputs[-1]                  # the LAST stack's heatmaps
+    loss_d, l_real, l_fake = sat_discriminator_loss(D, target, fake, images, k)   # on the DETACHED fake
+    loss_d.backward()                                        # D's gradient, D not stepped yet
+    loss_g = heatmap_mse(outputs, target, weight) + lambda_g * sat_generator_adv(D, fake, images)
+    loss_g.backward()                                        # through the PRE-update D, frozen
+    opt_d.step(); opt_g.step()
 
-(cGAN: `d_fake_targets`, `cgan_discriminator_loss`, then `CGAN_ALPHA * cgan_generator_adv`.)
-With DistributedDataParallel, pass the unwrapped D (`ddp.module`) to the *_generator_adv functions: D
-takes no gradient there, so no all-reduce should be expected of it.
+(cGAN: `d_fake_targets`, `cgan_discriminator_loss`, then `alpha * cgan_generator_adv`.) The *_generator_adv
+functions freeze D's parameters, so gradient reaches G through D's input only; with DistributedDataParallel
+pass them the unwrapped D (`ddp.module`), since no all-reduce should be expected of it. Defaults of the
+hyper-parameters live in the typed config (harness/config.py), nowhere else.
 
 Heatmaps are [B, J, h, w] in the heatmap frame of models/heatmap.py; weights [B, J] (1 = supervise).
 """
@@ -24,22 +23,13 @@ Heatmaps are [B, J, h, w] in the heatmap frame of models/heatmap.py; weights [B,
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.heatmap import heatmap_argmax
-
-# Defaults of the paper / the authors' code.
-SAT_LAMBDA_G = 1e-4  # weight of the adversarial term in L_G
-SAT_GAMMA = 0.5  # BEGAN diversity ratio: target of L_fake / L_real
-SAT_LAMBDA_K = 1e-3  # k_t learning rate
-SAT_K0 = 0.0
-CGAN_ALPHA = 1.0 / 200  # weight of the adversarial term in L_G
-CGAN_DELTA = 0.003  # d_fake threshold on the normalised peak distance
+from models import kernels
 
 
 def _check_pair(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
@@ -61,7 +51,8 @@ def heatmap_mse(outputs: Sequence[torch.Tensor], target: torch.Tensor, weight: t
     """Intermediate supervision: sum over stacks of mean over (B, J, h, w) of weight * (out - target)^2.
 
     `outputs` is the list G returns (one [B, J, h, w] tensor per stack); `weight` [B, J] (e.g.
-    models.heatmap.target_weight) zeroes the joints that have no target.
+    models.heatmap.target_weight) zeroes the joints that have no target. On CUDA one fused Triton pass
+    over all stacks forward and one backward (models/kernels/stacked_mse.py); the torch formula elsewhere.
     """
     if isinstance(outputs, torch.Tensor) or not isinstance(outputs, Sequence) or len(outputs) == 0:
         raise TypeError("heatmap_mse: outputs must be a non-empty list with one [B, J, h, w] tensor per "
@@ -69,8 +60,7 @@ def heatmap_mse(outputs: Sequence[torch.Tensor], target: torch.Tensor, weight: t
     for i, out in enumerate(outputs):
         _check_pair(f"outputs[{i}]", out, "target", target)
     _check_weight(weight, target)
-    w = weight.to(target.dtype)[..., None, None]
-    return sum(((out - target) ** 2 * w).mean() for out in outputs)
+    return kernels.heatmap_mse(outputs, target, weight)
 
 
 @contextlib.contextmanager
@@ -104,75 +94,34 @@ def _check_k(k: float) -> float:
 
 
 def sat_discriminator_loss(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, image: torch.Tensor | None,
-                           k: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                           k: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """D's SAT loss: (L_D, L_real, L_fake) with L_real = err(C, D(C, X)), L_fake = err(C^, D(C^, X)) on the
     detached fake C^ (the last stack's output), L_D = L_real - k_t * L_fake.
 
     All three are graph-attached tensors (D's parameters get gradient from both terms); use .item() for
-    logging and for `BEGANBalance.update`.
+    logging and for SAT's k_t update (harness/objectives.py).
     """
     _check_pair("fake", fake, "real", real)
-    k = _check_k(k)
+    if not isinstance(k, torch.Tensor):
+        k = _check_k(k)  # a device tensor is the caller's (kept in [0, 1]): checking it would sync the host
     l_real = reconstruction_error(D, real.detach(), image)
     l_fake = reconstruction_error(D, fake.detach(), image)
+    k = k.to(l_fake.dtype) if isinstance(k, torch.Tensor) else k
     return l_real - k * l_fake, l_real, l_fake
 
 
 def sat_generator_adv(D: nn.Module, fake: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
     """G's SAT adversarial term L_adv = err(C^, D(C^, X)), with D's parameters frozen: the gradient
-    reaches G through D's input only. L_G = L_MSE + lambda_G * L_adv (lambda_G = SAT_LAMBDA_G)."""
+    reaches G through D's input only. L_G = L_MSE + lambda_G * L_adv."""
     _check_pair("fake", fake, "fake", fake)
     with frozen_parameters(D):
         return reconstruction_error(D, fake, image)
 
 
-class BEGANBalance:
-    """The BEGAN equilibrium controller: k_{t+1} = clip(k_t + lambda_k (gamma L_real - L_fake), 0, 1).
-
-    State is plain python floats, so `state_dict()` survives torch.load(weights_only=True).
-    """
-
-    def __init__(self, gamma: float = SAT_GAMMA, lambda_k: float = SAT_LAMBDA_K, k: float = SAT_K0):
-        if not (math.isfinite(gamma) and gamma > 0 and math.isfinite(lambda_k) and lambda_k >= 0):
-            raise ValueError(f"BEGANBalance needs gamma > 0 and lambda_k >= 0, got {gamma}, {lambda_k}")
-        self.gamma, self.lambda_k, self.k = float(gamma), float(lambda_k), _check_k(k)
-
-    @staticmethod
-    def _losses(l_real: float, l_fake: float) -> tuple[float, float]:
-        l_real, l_fake = (v.detach().item() if isinstance(v, torch.Tensor) else float(v)
-                          for v in (l_real, l_fake))
-        if not (math.isfinite(l_real) and math.isfinite(l_fake)):
-            raise ValueError(f"BEGAN losses must be finite, got L_real={l_real}, L_fake={l_fake}")
-        return l_real, l_fake
-
-    def update(self, l_real: float, l_fake: float) -> float:
-        """Advance k_t with this step's losses; returns the new k."""
-        l_real, l_fake = self._losses(l_real, l_fake)
-        self.k = min(max(self.k + self.lambda_k * (self.gamma * l_real - l_fake), 0.0), 1.0)
-        return self.k
-
-    def convergence(self, l_real: float, l_fake: float) -> float:
-        """BEGAN's convergence measure M = L_real + |gamma L_real - L_fake| (for logging)."""
-        l_real, l_fake = self._losses(l_real, l_fake)
-        return l_real + abs(self.gamma * l_real - l_fake)
-
-    def state_dict(self) -> dict[str, float]:
-        return {"k": self.k, "gamma": self.gamma, "lambda_k": self.lambda_k}
-
-    def load_state_dict(self, state: dict) -> None:
-        missing = {"k", "gamma", "lambda_k"} - set(state)
-        if missing:
-            raise ValueError(f"BEGANBalance state lacks {sorted(missing)}")
-        self.__init__(gamma=float(state["gamma"]), lambda_k=float(state["lambda_k"]), k=float(state["k"]))
-
-    def __repr__(self) -> str:
-        return f"BEGANBalance(k={self.k:.6g}, gamma={self.gamma}, lambda_k={self.lambda_k})"
-
-
 # ---------------------------------------------------------------- cGAN with d_fake
 
 
-def d_fake_targets(prediction: torch.Tensor, target: torch.Tensor, delta: float = CGAN_DELTA,
+def d_fake_targets(prediction: torch.Tensor, target: torch.Tensor, delta: float = 0.003,
                    normalize: str = "heatmap", torso: tuple[int, int] | None = None) -> torch.Tensor:
     """Per-joint labels [B, J] for D on the fake: 1.0 where the prediction's peak is close to the
     ground truth's, else 0.0 (no gradient).
@@ -184,31 +133,11 @@ def d_fake_targets(prediction: torch.Tensor, target: torch.Tensor, delta: float 
                `torso` (Skeleton.torso). Where that length is zero or either torso map has no positive
                value (unannotated), the heatmap side is used instead.
     d_fake_j = 1 if d_j < delta else 0. With 'heatmap' and delta < 1 / side (the default 0.003 with side
-    64), d_fake = 1 exactly when both peaks fall on the same heatmap pixel.
+    64), d_fake = 1 exactly when both peaks fall on the same heatmap pixel. A Triton kernel on CUDA
+    (models/kernels/dfake.py), the torch reference elsewhere.
     """
     _check_pair("prediction", prediction, "target", target)
-    if not (math.isfinite(delta) and delta > 0):
-        raise ValueError(f"delta must be a positive finite number, got {delta}")
-    b, j, h, w = target.shape
-    side = float(max(h, w))
-    with torch.no_grad():
-        pred_peak, _ = heatmap_argmax(prediction.detach())
-        gt_peak, gt_max = heatmap_argmax(target.detach())
-        dtype = prediction.dtype if prediction.is_floating_point() else torch.float32
-        cdt = torch.promote_types(dtype, torch.float32)
-        dist = (pred_peak - gt_peak).to(cdt).norm(dim=-1)  # [B, J]
-        if normalize == "heatmap":
-            norm = torch.full((b, 1), side, dtype=cdt, device=dist.device)
-        elif normalize == "torso":
-            if torso is None or len(torso) != 2 or not all(0 <= int(t) < j for t in torso):
-                raise ValueError(f"normalize='torso' needs a pair of joint indices in [0, {j}), got {torso}")
-            a, c = int(torso[0]), int(torso[1])
-            length = (gt_peak[:, a] - gt_peak[:, c]).to(cdt).norm(dim=-1)
-            valid = (length > 0) & (gt_max[:, a] > 0) & (gt_max[:, c] > 0)
-            norm = torch.where(valid, length, torch.full_like(length, side)).unsqueeze(1)
-        else:
-            raise ValueError(f"normalize must be 'heatmap' or 'torso', got {normalize!r}")
-        return (dist / norm < delta).to(dtype)
+    return kernels.d_fake_targets(prediction, target, delta, normalize, torso)
 
 
 def _weighted_bce(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
@@ -243,7 +172,7 @@ def cgan_discriminator_loss(D: nn.Module, real: torch.Tensor, fake: torch.Tensor
 def cgan_generator_adv(D: nn.Module, fake: torch.Tensor, image: torch.Tensor | None,
                        weight: torch.Tensor | None = None) -> torch.Tensor:
     """G's cGAN adversarial term BCE(D(C^, X).logits, 1) with D's parameters frozen (gradient reaches G
-    through D's input only). L_G = L_MSE + alpha * this (alpha = CGAN_ALPHA)."""
+    through D's input only). L_G = L_MSE + alpha * this."""
     _check_pair("fake", fake, "fake", fake)
     _check_weight(weight, fake)
     with frozen_parameters(D):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import math
-import pickle
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ import torch
 from models.discriminator import PoseDiscriminator
 from models.hourglass import StackedHourglass
 from models.losses import (
-    BEGANBalance,
     cgan_discriminator_loss,
     cgan_generator_adv,
     d_fake_targets,
@@ -109,40 +107,6 @@ def test_sat_losses_match_manual_float64():
     assert math.isclose(sat_generator_adv(D, fake, image).item(), ref_fake, rel_tol=1e-4)
     with pytest.raises(ValueError, match="k_t"):
         sat_discriminator_loss(D, real, fake, image, 1.5)
-
-
-def test_began_balance_update_clip_convergence_and_state():
-    bal = BEGANBalance()
-    assert (bal.k, bal.gamma, bal.lambda_k) == (0.0, 0.5, 1e-3)
-    rng = np.random.default_rng(0)
-    k_ref, gamma, lam = 0.0, 0.5, 1e-3
-    for _ in range(200):
-        lr, lf = rng.uniform(0, 2), rng.uniform(0, 2)
-        k_ref = min(max(k_ref + lam * (gamma * lr - lf), 0.0), 1.0)
-        assert bal.update(lr, lf) == k_ref
-        assert bal.convergence(lr, lf) == lr + abs(gamma * lr - lf)
-    # clipping at both ends
-    big = BEGANBalance(lambda_k=1.0, k=0.9)
-    assert big.update(10.0, 0.0) == 1.0
-    assert big.update(0.0, 10.0) == 0.0
-    assert big.update(torch.tensor(0.4), torch.tensor(0.1)) == pytest.approx(0.1)  # 0-d tensors accepted
-    # state: plain floats, survives torch.load(weights_only=True)
-    bal2 = BEGANBalance(gamma=0.7, lambda_k=2e-3, k=0.25)
-    state = bal2.state_dict()
-    assert all(type(v) is float for v in state.values())
-    import io
-    buf = io.BytesIO()
-    torch.save({"balance": state}, buf)
-    buf.seek(0)
-    loaded = torch.load(buf, weights_only=True)["balance"]
-    fresh = BEGANBalance()
-    fresh.load_state_dict(loaded)
-    assert (fresh.k, fresh.gamma, fresh.lambda_k) == (0.25, 0.7, 2e-3)
-    assert pickle.loads(pickle.dumps(fresh)).k == 0.25
-    with pytest.raises(ValueError, match="finite"):
-        fresh.update(float("nan"), 0.0)
-    with pytest.raises(ValueError, match="lacks"):
-        fresh.load_state_dict({"k": 0.1})
 
 
 def test_sat_gradient_paths():
