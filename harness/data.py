@@ -16,11 +16,12 @@ import torch
 from data_pipelines.batch import BatchLoader, prepare_batch
 from data_pipelines.errors import UserError
 from data_pipelines.loaders.cpu import PoseDataset, make_loader
+from data_pipelines.loaders.dali import dali_available, make_dali_loader, require_dali
 from data_pipelines.registry import dataset_info, load_records, skeleton_for
 from data_pipelines.sampling import Augmentation
 from harness.config import Config, DataConfig
 
-BACKENDS = ("torch",)  # the DALI issue adds "dali"
+BACKENDS = ("torch", "dali")
 
 
 def load_split(c: DataConfig, which: str, split: str | None = None) -> list:
@@ -39,11 +40,24 @@ def load_split(c: DataConfig, which: str, split: str | None = None) -> list:
     return load_records(c.name, c.root, split, **opts)
 
 
-def build_loader(backend: str, dataset: PoseDataset, **kwargs) -> BatchLoader:
-    """The one switch between data backends: a per-rank loader of host batches (make_loader's arguments)."""
+def build_loader(backend: str, dataset: PoseDataset, device: str = "cpu", **kwargs) -> BatchLoader:
+    """The one switch between data backends: a per-rank loader of host batches (make_loader's arguments;
+    `device`, the training device, tells DALI where to decode and warp: "cuda" or its CPU mode)."""
     if backend == "torch":
         return make_loader(dataset, **kwargs)
+    if backend == "dali":
+        return make_dali_loader(dataset, device=device, **kwargs)
     raise UserError(f"data backend {backend!r} is not one of {BACKENDS}")
+
+
+def resolve_backend(backend: str, device: str) -> str:
+    """`data.backend` for a run on `device` ("cpu" or "cuda"): auto is dali where DALI is installed and the
+    device is CUDA, else torch; an explicit dali without DALI installed is a UserError."""
+    if backend == "auto":
+        return "dali" if device == "cuda" and dali_available() else "torch"
+    if backend == "dali":
+        require_dali()
+    return backend
 
 
 class RunData:
@@ -56,7 +70,10 @@ class RunData:
         c = cfg.data
         self.cfg = cfg
         self.rank, self.world_size = rank, world_size
-        self.backend = "torch"
+        train_device = cfg.train.device
+        self.device = "cuda" if train_device == "cuda" or (train_device == "auto" and torch.cuda.is_available()) \
+            else "cpu"  # as harness.distributed.init_runtime decides
+        self.backend = resolve_backend(c.backend, self.device)
         self.skeleton = skeleton_for(c.name)
         self.val_records = load_split(c, "val")[: c.max_val_samples]
         self.val_set = PoseDataset(self.val_records, self.skeleton, c.input_size, c.heatmap_size, c.sigma,
@@ -79,7 +96,8 @@ class RunData:
         loader = self._loaders.get(("train", micro_batch))
         if loader is None:
             loader = self._loaders["train", micro_batch] = build_loader(
-                self.backend, self.train_set, batch_size=micro_batch, seed=self.cfg.train.seed, epoch=epoch,
+                self.backend, self.train_set, self.device, batch_size=micro_batch, seed=self.cfg.train.seed,
+                epoch=epoch,
                 rank=self.rank, world_size=self.world_size, num_workers=self.cfg.data.num_workers, shuffle=True,
                 drop_last=True, persistent_workers=True, keep_empty=self.world_size > 1)
         loader.set_epoch(epoch, start_batch)
@@ -90,7 +108,7 @@ class RunData:
         loader = self._loaders.get(("val", batch_size))
         if loader is None:
             loader = self._loaders["val", batch_size] = build_loader(
-                self.backend, self.val_set, batch_size=batch_size, seed=self.cfg.train.seed, epoch=0,
+                self.backend, self.val_set, self.device, batch_size=batch_size, seed=self.cfg.train.seed, epoch=0,
                 rank=self.rank, world_size=self.world_size, num_workers=self.cfg.data.num_workers, shuffle=False,
                 drop_last=False, persistent_workers=True)
         return loader

@@ -8,7 +8,10 @@ Without DALI these tests skip, except under CI=true, where they fail (CI install
 from __future__ import annotations
 
 import io
+import json
 import os
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -202,6 +205,51 @@ def test_bad_file_under_raise_is_one_error_naming_it(bad_records):
         list(make_dali_loader(ds, batch_size=3, shuffle=False))
     assert str(dali.value) == str(cpu.value) and str(dali.value).startswith(bad_records[1].image)
     assert "\n" not in str(dali.value)
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+@pytest.fixture(scope="module")
+def lsp_with_truncated_image(tmp_path_factory, lsp_root):
+    """The real LSP set (symlinks) with training image 2 truncated."""
+    root = tmp_path_factory.mktemp("lsp")
+    (root / "joints.mat").symlink_to(lsp_root / "joints.mat")
+    (root / "images").mkdir()
+    for f in (lsp_root / "images").iterdir():
+        (root / "images" / f.name).symlink_to(f)
+    bad = root / "images" / "im0002.jpg"
+    raw = bad.read_bytes()
+    bad.unlink()
+    bad.write_bytes(raw[: len(raw) // 2])
+    return root, bad
+
+
+def train_overrides(root, *extra) -> list[str]:
+    return ["data.name=lsp", f"data.root={root}", "data.backend=dali", "data.input_size=64",
+            "data.heatmap_size=16", "data.num_workers=1", "data.max_train_samples=16", "data.max_val_samples=4",
+            "model.stacks=1", "model.features=16", "discriminator.features=16", "train.batch_size=4",
+            "train.max_steps=6", "train.val_every=6", "train.log_every=1", "train.threads=1", *extra]
+
+
+def test_short_training_run_on_the_dali_backend_skips_a_bad_file(tmp_path, lsp_with_truncated_image):
+    from harness.config import load_config
+    from harness.trainer import Trainer
+
+    root, bad = lsp_with_truncated_image
+    summary = Trainer(load_config(None, None, train_overrides(root)), tmp_path, interactive=False).fit()
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len([r for r in rows if r["kind"] == "train"]) == 6 and np.isfinite(summary["value"])
+    assert summary["skipped_samples"] == [str(bad)]
+
+
+def test_bad_file_under_raise_stops_the_cli_with_one_error_line(tmp_path, lsp_with_truncated_image):
+    root, bad = lsp_with_truncated_image
+    proc = subprocess.run([sys.executable, "-m", "harness", "train", "--run-dir", str(tmp_path),
+                           *train_overrides(root, "data.on_bad_sample=raise")], capture_output=True, text=True,
+                          timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and str(bad) in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
 
 
 def test_image_bytes_helpers_round_trip():
