@@ -129,6 +129,18 @@ class DistributedConfig(_Strict):
     zero_stage: int = Field(0, ge=0, le=1, description="DeepSpeed ZeRO stage (2+ refused for a G/D pair)")
 
 
+class TelemetryConfig(_Strict):
+    """Prometheus metrics per rank (harness/sinks/prometheus.py, docs/telemetry.md)."""
+    enabled: bool = False
+    port: int = Field(0, ge=0, le=65535, description="base port, + local rank per process; 0: a free port each")
+    bind: str = Field("127.0.0.1", min_length=1, description="listen address; beyond loopback other users can "
+                      "read the metrics (a warning)")
+    linger_s: float = Field(30.0, ge=0, description="after the run, serve until one more scrape (at most this "
+                            "long; not at all if nothing ever scraped)")
+    sd_dir: Path | None = Field(None, description="also write the file-SD JSON here (a cluster Prometheus globs "
+                                "<sd_dir>/*.json); removed when the run ends")
+
+
 class Config(_Strict):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -136,6 +148,7 @@ class Config(_Strict):
     adversarial: AdversarialConfig = AdversarialConfig()
     train: TrainConfig = TrainConfig()
     distributed: DistributedConfig = DistributedConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
