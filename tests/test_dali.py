@@ -252,6 +252,30 @@ def test_bad_file_under_raise_stops_the_cli_with_one_error_line(tmp_path, lsp_wi
     assert "Traceback" not in proc.stderr
 
 
+def test_backend_key_resolves_per_device(monkeypatch):
+    from data_pipelines.errors import UserError
+    from harness import data
+
+    assert data.resolve_backend("auto", "cpu") == "torch" and data.resolve_backend("auto", "cuda") == "dali"
+    assert data.resolve_backend("dali", "cpu") == "dali" and data.resolve_backend("torch", "cuda") == "torch"
+    for where in ("harness.data", "data_pipelines.loaders.dali"):  # as if DALI were not installed
+        monkeypatch.setattr(f"{where}.dali_available", lambda: False)
+    assert data.resolve_backend("auto", "cuda") == "torch"
+    with pytest.raises(UserError, match="setup.sh dali"):
+        data.resolve_backend("dali", "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU path (mixed decode, GPU warp) needs CUDA")
+def test_gpu_path_matches_the_torch_backend(lsp_train):
+    """Run by scripts/gpu_check.sh where a GPU is lent: nvJPEG/hardware decode + GPU warp vs the torch backend."""
+    ds = PoseDataset(lsp_train, LSP, S, HM, 1.0, Augmentation())
+    kw = dict(batch_size=4, seed=1, shuffle=True, drop_last=False)
+    gpu = list(make_dali_loader(ds, device="cuda", **kw))
+    assert all(b["image"].is_cuda for b in gpu)
+    cpu = [{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in gpu]
+    assert_same_batches(list(make_loader(ds, **kw)), cpu)
+
+
 def test_image_bytes_helpers_round_trip():
     img = asymmetric_image()
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(png_bytes(img).tobytes()))), img)

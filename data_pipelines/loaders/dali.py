@@ -147,7 +147,9 @@ class DaliLoader(BatchLoader):
 
 def _image_tensor(images) -> torch.Tensor:
     """A DALI TensorList of uniform uint8 crops as a torch tensor [B, S, S, 3] on its device (a copy)."""
-    if hasattr(images, "as_cpu"):  # TensorListGPU: copied on torch's current stream (DALI's torch plugin)
+    from nvidia.dali.tensors import TensorListGPU
+
+    if isinstance(images, TensorListGPU):  # copied on torch's current stream (DALI's torch plugin, torch_utils.py)
         from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
 
         return to_torch_tensor(images.as_tensor(), copy=True)
