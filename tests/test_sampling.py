@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from torch.utils.data import DistributedSampler
 
 from data_pipelines.geometry import apply_affine, crop_affine
@@ -16,9 +17,11 @@ from data_pipelines.sampling import (
     SampleKey,
     draw_params,
     plan_sample,
+    plan_target_weight,
     sample_rng,
 )
 from data_pipelines.skeletons import LSP
+from models.heatmap import input_to_heatmap, target_weight
 
 # Computed with the code before the sampling/loading split (commit 19bbb12: transforms.train_transform with
 # dataset.sample_rng(seed, epoch, index)) for record() below: draws, matrix, joints, visibility, weights.
@@ -229,3 +232,22 @@ def test_plan_refuses_records_without_training_signal():
     assert info.value.reason == "non-finite person centre"
     with pytest.raises(ValueError, match="multiple"):
         plan_sample(record(), None, None, 250, 64, 1.0, LSP.flip_index)
+
+
+@pytest.mark.parametrize("input_size, heatmap_size, sigma", [(256, 64, 1.0), (128, 32, 2.0), (256, 32, 1.5)])
+def test_plan_target_weight_is_models_target_weight(input_size, heatmap_size, sigma):
+    """The numpy weight rule gives exactly models.heatmap.target_weight, on and around the grid's reach."""
+    rng = np.random.default_rng(heatmap_size)
+    s, reach = input_size // heatmap_size, 3.0 * sigma
+    edges = np.array([-reach, heatmap_size - 1 + reach]) * s + (s - 1) / 2  # the reach in crop pixels
+    near = edges[rng.integers(0, 2, size=(4000, 2))] + rng.choice([-1e-4, 0.0, 1e-4, -0.5, 0.5], size=(4000, 2))
+    joints = np.concatenate([near, rng.uniform(-100, input_size + 100, size=(4000, 2))]).astype(np.float32)
+    joints[::97, 0] = np.nan
+    joints[::89, 1] = np.inf
+    joints = joints.reshape(-1, 16, 2)
+    vis = rng.integers(0, 3, size=joints.shape[:2]).astype(np.int8)
+    ref = target_weight(input_to_heatmap(torch.from_numpy(joints), s), torch.from_numpy(vis),
+                        (heatmap_size, heatmap_size), sigma).numpy()
+    got = np.stack([plan_target_weight(j, v, input_size, heatmap_size, sigma) for j, v in zip(joints, vis)])
+    assert got.dtype == np.float32 and 0.1 < got.mean() < 0.9  # both outcomes occur
+    np.testing.assert_array_equal(got, ref)
