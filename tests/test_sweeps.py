@@ -1,0 +1,192 @@
+"""Ray Tune sweeps with real Ray (2 CPUs, this machine) and on the CI SLURM cluster.
+
+- a 4-trial tiny grid completes, each trial trained once, and a trial equals `harness train` run by hand
+  with its config.yaml (bit-exact summary and checkpoint weights on CPU);
+- the driver killed (SIGKILL) mid-sweep, then `--resume`: only the unfinished trials run again;
+- `sbatch slurm/sweep.sh` runs the same grid inside a job; the Ray cluster sweep.sh starts refuses
+  clients without the job's token (none, or a wrong one) and accepts the job's.
+
+Ray is an optional extra (`tune`): without it these tests skip, and fail under CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_slurm_cluster import _log, _report, _run, _wait_final, slurm_env  # noqa: F401 (fixture)
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP_SH = REPO / "slurm" / "sweep.sh"
+PRESET = "sat-fig10-tiny"  # 4 points: 1- and 2-stack G x conditional or not
+POINTS = ["g1-cond", "g1-uncond", "g2-cond", "g2-uncond"]
+
+
+def _need_ray():
+    try:
+        import ray.tune  # noqa: F401
+    except ImportError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"ray[tune] is not installed (the tune extra): {exc}")
+        pytest.skip(f"ray[tune] is not installed: {exc}")
+
+
+def _starts(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    return [r for r in rows if r["kind"] == "start"]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One Ray instance for the module's in-process sweeps (start-up costs seconds)."""
+    _need_ray()
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             object_store_memory=100 * 1024**2, _node_ip_address="127.0.0.1")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(ray_local, tmp_path_factory):
+    from sweeps import run_sweep
+
+    t0 = time.monotonic()
+    result = run_sweep(PRESET, seeds=1, storage=tmp_path_factory.mktemp("sweeps"))
+    return result, time.monotonic() - t0
+
+
+def test_tiny_grid_completes(tiny_sweep):
+    result, _ = tiny_sweep
+    exp = result["experiment_dir"]
+    assert result["errors"] == [] and result["unfinished"] == [] and result["without_summary"] == []
+    for point in POINTS:
+        run = exp / f"{point}-seed0"
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["steps"] == 64 and summary["device"] == "cpu"
+        assert len(_starts(run)) == 1  # trained once
+        cfg = _starts(run)[0]["config"]
+        assert cfg["model"]["stacks"] == int(point[1])
+        assert cfg["discriminator"]["conditional"] == point.endswith("-cond")
+
+
+def test_trial_equals_harness_train_by_hand(tiny_sweep, tmp_path):
+    result, _ = tiny_sweep
+    trial = result["experiment_dir"] / "g2-uncond-seed0"
+    hand = tmp_path / "hand"
+    out = subprocess.run([sys.executable, "-m", "harness", "train", "--config", str(trial / "config.yaml"),
+                          "--run-dir", str(hand)], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (trial, hand))
+    for key in ("value", "auc", "per_joint", "groups", "best", "steps"):
+        assert a[key] == b[key], key
+    ca, cb = (torch.load(d / "checkpoints" / "step-00000064.pt", map_location="cpu", weights_only=True)
+              for d in (trial, hand))
+    tensors = 0
+    for model in ("generator", "discriminator"):  # weights and BatchNorm statistics
+        for name, t in ca[model].items():
+            assert torch.equal(t, cb[model][name]), f"{model}.{name}"
+            tensors += 1
+    assert tensors > 10
+
+
+def _descendants(pid: int) -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+
+
+def _alive(pids: list[int]) -> list[int]:
+    import psutil
+
+    return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+def test_killed_driver_resumes_only_unfinished_trials(tmp_path):
+    _need_ray()
+    storage = tmp_path / "sweeps"
+    cmd = [sys.executable, "-m", "harness", "sweep", "--preset", PRESET, "--seeds", "1", "--storage", str(storage)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    exp = storage / PRESET
+    with (tmp_path / "first.log").open("w") as log:
+        driver = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    while not list(exp.glob("*/summary.json")):
+        assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no trial finished within 240 s"
+        time.sleep(0.2)
+    tree = _descendants(driver.pid)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in exp.glob("*/summary.json")}
+    started = {p.parent.name for p in exp.glob("*/metrics.jsonl")} - set(finished)  # cut off mid-training
+    deadline = time.monotonic() + 90  # Ray's processes and the trainers die with the driver
+    while _alive(tree) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _alive(tree), f"processes outlived the killed driver: {_alive(tree)}"
+    assert 1 <= len(finished) < len(POINTS), finished
+
+    out = subprocess.run([*cmd, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    for point in POINTS:
+        run = exp / f"{point}-seed0"
+        assert json.loads((run / "summary.json").read_text())["steps"] == 64
+        if run.name in finished:  # not run again
+            assert len(_starts(run)) == 1
+            assert (run / "summary.json").stat().st_mtime_ns == finished[run.name]
+        elif run.name in started:  # continued from its own checkpoint (or from scratch if it had none)
+            assert len(_starts(run)) == 2
+        else:
+            assert len(_starts(run)) == 1
+    assert (exp / "report.md").is_file()
+
+
+def _sweep_job(env, tmp_path, extra_env: dict[str, str], args: list[str]) -> tuple[str, dict]:
+    out = _run(["sbatch", "--parsable", f"--output={tmp_path}/%x-%j.out", "--cpus-per-task=2", "--time=5",
+                "--signal=B:USR1@30", str(SWEEP_SH), *args],
+               {**env, "SATPOSE_SWEEP_STORAGE": str(tmp_path / "sweeps"), "SATPOSE_SWEEP_NAME": "job", **extra_env})
+    assert out.returncode == 0, f"sbatch failed: {out.stderr}"
+    job_id = out.stdout.strip().split(";")[0]
+    return job_id, _wait_final(env, job_id, timeout=280)
+
+
+@pytest.mark.slurm
+def test_sweep_job_on_the_slurm_cluster(slurm_env, tmp_path):  # noqa: F811
+    _need_ray()
+    job_id, job = _sweep_job(slurm_env, tmp_path, {}, ["--preset", PRESET, "--seeds", "1"])
+    report = _report(slurm_env, job_id)
+    assert (job["JobState"], job["ExitCode"]) == ("COMPLETED", "0:0"), report
+    exp = tmp_path / "sweeps" / "job"
+    for point in POINTS:
+        assert json.loads((exp / f"{point}-seed0" / "summary.json").read_text())["steps"] == 64, report
+    assert (exp / "report.md").is_file(), report
+    token = (exp / "ray_auth_token").read_text()
+    assert oct((exp / "ray_auth_token").stat().st_mode & 0o777) == "0o600"
+    assert token not in _log(slurm_env, job_id)
+    assert not Path(f"/tmp/ray_{job_id}").exists(), "the job's Ray temp dir was left behind"
+
+
+@pytest.mark.slurm
+def test_sweep_job_ray_requires_the_token(slurm_env, tmp_path):  # noqa: F811
+    _need_ray()
+    env = {"SATPOSE_SWEEP_MODULE": "sweep_probe", "PYTHONPATH": str(REPO / "tests")}
+    job_id, job = _sweep_job(slurm_env, tmp_path, env, ["--preset", PRESET])
+    report = _report(slurm_env, job_id)
+    assert (job["JobState"], job["ExitCode"]) == ("COMPLETED", "0:0"), report
+    probe = json.loads((tmp_path / "sweeps" / "job" / "auth_probe.json").read_text())
+    assert probe["token"]["connected"], probe
+    assert not probe["no_token"]["connected"] and not probe["wrong_token"]["connected"], probe
+    assert "InvalidAuthToken" in probe["no_token"]["why"] and "InvalidAuthToken" in probe["wrong_token"]["why"]
+    assert probe["token_file_mode"] == "0o600"
+    base = 10000 + int(job_id) % 50 * 100
+    ports = {s["port"] for s in probe["listening"]}
+    assert ports and all(base <= p < base + 100 for p in ports), (base, probe["listening"])
