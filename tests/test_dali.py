@@ -35,7 +35,7 @@ except ImportError:
     pytest.skip("NVIDIA DALI is not installed (bash scripts/setup.sh dali)", allow_module_level=True)
 
 from data_pipelines.loaders.cpu import PoseDataset, make_loader, warp_crop
-from data_pipelines.loaders.dali import build_pipeline, make_dali_loader
+from data_pipelines.loaders.dali import build_pipeline, images_per_second, make_dali_loader
 from data_pipelines.loaders.dali_source import OUTPUTS, dali_matrix, png_bytes
 
 S, HM = 64, 16  # crop and heatmap side: small, DALI's CPU warp is slow
@@ -274,6 +274,18 @@ def test_gpu_path_matches_the_torch_backend(lsp_train):
     assert all(b["image"].is_cuda for b in gpu)
     cpu = [{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in gpu]
     assert_same_batches(list(make_loader(ds, **kw)), cpu)
+
+
+def test_throughput_measure_counts_the_timed_images(lsp_train):
+    """bench's measure: warm-up batches untimed, `step` applied to each batch, CPU cost per image reported."""
+    ds = PoseDataset(lsp_train, LSP, S, HM, 1.0, Augmentation())
+    seen = []
+    r = images_per_second(make_dali_loader(ds, batch_size=2, shuffle=True), batches=3, warmup=1,
+                          step=lambda b: seen.append(prepare_batch(b, "cpu", heatmap_size=HM, sigma=1.0)))
+    assert r["images"] == 6 and len(seen) == 4 and seen[0]["heatmaps"].shape == (2, LSP.num_joints, HM, HM)
+    assert r["wall_s"] > 0 and r["images_per_s"] > 0 and r["cpu_s_per_image"] >= 0
+    with pytest.raises(ValueError, match="asked"):
+        images_per_second(make_dali_loader(ds, batch_size=5, shuffle=False), batches=2, warmup=1)
 
 
 def test_image_bytes_helpers_round_trip():

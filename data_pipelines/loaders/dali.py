@@ -19,7 +19,9 @@ DALI conventions used here, checked in DALI's source (2.4) and by tests/test_dal
   there; with a GPU they are spawned, since forking a process that holds a CUDA context is unsafe (ibid.).
 - The per-sample source never raises StopIteration, so DALI's epoch counters never matter: this loader runs
   exactly len(sampler) iterations and drops the PAD samples DALI prefetched past the end. A mid-epoch resume
-  builds a pipeline starting at `start_batch`; no DALI RNG, no DALI checkpoint.
+  builds a pipeline starting at `start_batch`; no DALI RNG, no DALI checkpoint. (DALI's PyTorch iterator,
+  DALIGenericIterator, ends an external-source epoch only on StopIteration and would hand bad and PAD
+  samples through; this thin loop drops them per batch and can rebuild the pipeline, see below.)
 - A decoder error inside DALI invalidates the pipeline ("Current pipeline object is no longer valid"). The
   loader then rebuilds it at the failing batch with that batch decoded by the CPU backend's loader, which
   names the bad file and its reason: the run goes on (skip) or stops with one error line (raise).
@@ -31,7 +33,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -169,23 +171,35 @@ def make_dali_loader(dataset: PoseDataset, batch_size: int, seed: int = 0, epoch
     return DaliLoader(dataset, sampler, device, num_workers, num_threads, keep_empty)
 
 
-def images_per_second(loader: BatchLoader, batches: int, warmup: int = 1) -> dict:
+def images_per_second(loader: BatchLoader, batches: int, warmup: int = 1,
+                      step: Callable[[dict], object] | None = None) -> dict:
     """Throughput of any BatchLoader over `batches` host batches after `warmup` untimed ones: images/s (wall)
     and CPU seconds per image of this process and all its descendants (workers), i.e. the cost per core.
-    Linux (/proc). For `bench data`: the same records and settings through both backends."""
+    `step(batch)`, if given, runs on every batch inside the timing (e.g. batch.prepare_batch on the GPU, for
+    decode + augment + targets); CUDA work is synchronised before the clock is read. Linux (/proc). For
+    `bench data`: the same records and settings through both backends."""
     n = images = 0
     t0 = cpu0 = None
     for batch in loader:
         if n == warmup:
+            _sync()
             t0, cpu0 = time.perf_counter(), _tree_cpu_seconds()
         n += 1
+        if step is not None:
+            step(batch)
         if n > warmup:
             images += batch["num_samples"]
         if n == warmup + batches:
+            _sync()
             wall, cpu = time.perf_counter() - t0, _tree_cpu_seconds() - cpu0
             return {"images": images, "wall_s": wall, "images_per_s": images / wall,
                     "cpu_s_per_image": cpu / max(images, 1)}
     raise ValueError(f"images_per_second: the loader gave {n} batches, {warmup} + {batches} asked")
+
+
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def _tree_cpu_seconds() -> float:
