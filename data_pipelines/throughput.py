@@ -1,13 +1,13 @@
 """Loader throughput per core on real files: how close the CPU loader comes to its decode + warp ceiling.
 
-One run measures, on the same records and in interleaved rounds (so a machine shared with other work loads
-every variant alike), the median of:
+One run measures, on the same records and in interleaved rounds, the median of:
   decode              images.load_image only
   decode+warp         decode and ONE warp with the sample's planned matrix: the ceiling of any per-sample loader
-  loader wN           the CPU backend (loaders/cpu.py) with N worker processes, samples/s out of the iterator;
-                      per core = samples/s / max(N, 1) (N = 0: the calling process does all the work)
+  loader wN           the CPU backend (loaders/cpu.py) with N worker processes (0: all in this process), over
+                      a pass of host batches (loaders.dali.images_per_second, the measure `bench data` uses)
   prepare_batch (cpu) the per-batch device step (colour, normalisation, targets) run on this CPU
-Everything runs single-threaded (torch and OpenCV), so the figures are per core.
+Everything runs single-threaded (torch and OpenCV). Per core = samples per CPU second of this process and its
+workers, the figure that a machine shared with other work disturbs least; wall-clock rates are given too.
 
     python -m data_pipelines.throughput --root /work/shared/datasets/lsp --samples 200 --rounds 5
 """
@@ -25,6 +25,7 @@ import torch
 from data_pipelines.batch import prepare_batch
 from data_pipelines.images import load_image
 from data_pipelines.loaders.cpu import PoseDataset, make_loader, warp_crop
+from data_pipelines.loaders.dali import images_per_second
 from data_pipelines.lsp import load_lsp
 from data_pipelines.records import PoseRecord
 from data_pipelines.sampling import Augmentation, SampleKey, plan_sample
@@ -34,7 +35,11 @@ from data_pipelines.skeletons import LSP
 def measure(records: Sequence[PoseRecord], workers: Sequence[int] = (0, 1, 2), rounds: int = 5,
             batch_size: int = 16, input_size: int = 256, heatmap_size: int = 64, sigma: float = 1.0,
             skeleton=LSP) -> dict[str, dict]:
-    """{variant: {"samples_per_s", "per_core", "of_ceiling", "cores", "rounds": [...]}} (medians over rounds)."""
+    """{variant: {"per_core", "of_ceiling", "wall_per_s", "wall_of_ceiling", "rounds"}}: medians over rounds.
+
+    per_core: samples per CPU second of this process and its workers (what sharing the machine with other
+    work affects least); wall_per_s: samples per wall second. of_ceiling: per_core / decode+warp's per_core.
+    """
     torch.set_num_threads(1)
     cv2.setNumThreads(1)  # before any worker is forked: the workers inherit it
     aug = Augmentation()
@@ -45,6 +50,11 @@ def measure(records: Sequence[PoseRecord], workers: Sequence[int] = (0, 1, 2), r
                for w in workers}
     host = list(loaders[workers[0]])
 
+    def timed(fn: Callable[[], None]) -> tuple[float, float]:
+        t, cpu = time.perf_counter(), time.process_time()
+        fn()
+        return len(records) / (time.process_time() - cpu), len(records) / (time.perf_counter() - t)
+
     def decode():
         for r in records:
             load_image(r.image)
@@ -53,47 +63,41 @@ def measure(records: Sequence[PoseRecord], workers: Sequence[int] = (0, 1, 2), r
         for r, p in zip(records, plans):
             warp_crop(load_image(r.image), p.affine, input_size)
 
-    def loader(w: int, epoch: int) -> Callable[[], None]:
-        def run():
-            loaders[w].set_epoch(epoch)
-            n = sum(b["num_samples"] for b in loaders[w])
-            assert n == len(records), f"{len(records) - n} bad samples: measure on readable records"
-        return run
-
     def device_step():
         for b in host:
             prepare_batch(b, "cpu", heatmap_size=heatmap_size, sigma=sigma)
 
-    cores = {"decode": 1, "decode+warp": 1} | {f"loader w{w}": max(w, 1) for w in workers}
-    cores["prepare_batch (cpu)"] = 1
-    rates: dict[str, list[float]] = {k: [] for k in cores}
+    def loader(w: int, epoch: int) -> tuple[float, float]:
+        loaders[w].set_epoch(epoch)
+        r = images_per_second(loaders[w], batches=len(loaders[w]) - 1, warmup=1)
+        return 1.0 / r["cpu_s_per_image"], r["images_per_s"]
+
+    names = ["decode", "decode+warp"] + [f"loader w{w}" for w in workers] + ["prepare_batch (cpu)"]
+    rates: dict[str, list[tuple[float, float]]] = {k: [] for k in names}
     for w in workers:
-        loader(w, 10_000)()  # warm-up: start the persistent workers, fill the page cache
-    decode_warp()
+        loader(w, 10_000)  # warm-up: start the persistent workers, fill the page cache
     for rnd in range(rounds):
-        variants = {"decode": decode, "decode+warp": decode_warp}
-        variants |= {f"loader w{w}": loader(w, rnd) for w in workers}
-        variants["prepare_batch (cpu)"] = device_step
-        for name, fn in variants.items():
-            t = time.perf_counter()
-            fn()
-            rates[name].append(len(records) / (time.perf_counter() - t))
-    ceiling = statistics.median(rates["decode+warp"])
+        rates["decode"].append(timed(decode))
+        rates["decode+warp"].append(timed(decode_warp))
+        for w in workers:
+            rates[f"loader w{w}"].append(loader(w, rnd))
+        rates["prepare_batch (cpu)"].append(timed(device_step))
+    ceiling = [statistics.median(r[i] for r in rates["decode+warp"]) for i in (0, 1)]
     out = {}
     for name, r in rates.items():
-        median = statistics.median(r)
-        out[name] = {"samples_per_s": median, "per_core": median / cores[name], "cores": cores[name],
-                     "of_ceiling": median / cores[name] / ceiling, "rounds": r}
+        per_core, wall = (statistics.median(x[i] for x in r) for i in (0, 1))
+        out[name] = {"per_core": per_core, "of_ceiling": per_core / ceiling[0], "wall_per_s": wall,
+                     "wall_of_ceiling": wall / ceiling[1], "rounds": r}
     return out
 
 
 def table(result: dict[str, dict]) -> str:
     """The result as a markdown table."""
-    lines = ["| variant | samples/s | processes | per core | % of decode+warp (per core) |",
+    lines = ["| variant | samples per CPU second | % of decode+warp | wall samples/s | % of decode+warp (wall) |",
              "|---|---:|---:|---:|---:|"]
     for name, v in result.items():
-        lines.append(f"| {name} | {v['samples_per_s']:.0f} | {v['cores']} | {v['per_core']:.0f} | "
-                     f"{100 * v['of_ceiling']:.0f}% |")
+        lines.append(f"| {name} | {v['per_core']:.0f} | {100 * v['of_ceiling']:.0f}% | {v['wall_per_s']:.0f} | "
+                     f"{100 * v['wall_of_ceiling']:.0f}% |")
     return "\n".join(lines)
 
 
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     records = load_lsp(args.root, "train")[: args.samples]
     result = measure(records, args.workers, args.rounds, args.batch_size)
     for name, v in result.items():
-        print(f"{name:20s} rounds: {' '.join(f'{x:.0f}' for x in v['rounds'])}")
+        print(f"{name:20s} per core / wall, by round: {' '.join(f'{c:.0f}/{w:.0f}' for c, w in v['rounds'])}")
     print(table(result))
 
 

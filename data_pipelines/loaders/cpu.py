@@ -148,7 +148,17 @@ class PoseLoader(BatchLoader):
         self.loader = loader
 
     def host_batches(self) -> Iterator[dict]:
-        return iter(self.loader)
+        for batch in self.loader:
+            yield {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+
+
+def collate_for_transfer(items: Sequence[dict | BadSample]) -> dict:
+    """batch.collate with the small per-sample fields as numpy arrays (PoseLoader makes them tensors again).
+
+    A worker's torch tensors reach the main process through shared memory, and each costs a file-descriptor
+    round trip to the worker; only the uint8 crops are worth that, the rest (a few KB) is cheaper pickled."""
+    return {k: v.numpy() if isinstance(v, torch.Tensor) and k != "image" else v
+            for k, v in collate(items).items()}
 
 
 def make_loader(dataset: PoseDataset, batch_size: int, seed: int = 0, epoch: int = 0, rank: int = 0,
@@ -166,7 +176,7 @@ def make_loader(dataset: PoseDataset, batch_size: int, seed: int = 0, epoch: int
         dataset,
         batch_sampler=sampler,
         num_workers=num_workers,
-        collate_fn=collate,
+        collate_fn=collate_for_transfer,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         worker_init_fn=functools.partial(seed_worker, seed=sampler.seed, rank=rank) if num_workers else None,
         persistent_workers=persistent_workers and num_workers > 0,
