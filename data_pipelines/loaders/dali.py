@@ -122,13 +122,13 @@ class DaliLoader(BatchLoader):
                         err.add_note(f"DALI pipeline failed on batch {k} of epoch {self.sampler.epoch}")
                         raise
                     reference |= {k}
-                    del pipe  # an invalid pipeline: shut it down, then resume at batch k
+                    pipe = None  # the pipeline is invalid now: shut it down, then resume at batch k
                     pipe = self._pipeline(k, reference)
                     continue
                 yield self._host_batch(outs)
                 k += 1
         finally:
-            del pipe
+            pipe = None  # shuts DALI and its Python workers down, also when the consumer stops early
 
     def _host_batch(self, outs) -> dict:
         fields = dict(zip(_FIELDS, (o.as_array() for o in outs[1:1 + len(_FIELDS)])))
