@@ -14,6 +14,7 @@ Files: <dir>/step-00001234.pt for each save, <dir>/best.pt for the best validati
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import tempfile
 from pathlib import Path
@@ -56,6 +57,12 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torn/corrupt file, or a pickle with non-tensor objects
+        refused = re.search(r"WeightsUnpickler error: (.*?)(?:\. Please|\n|$)", str(exc))
+        if isinstance(exc, pickle.UnpicklingError) and refused:  # torch's text is many lines and says how to
+            # load it anyway (weights_only=False): one line instead, and no such advice
+            raise UserError(f"checkpoint {path} is refused: it holds pickled Python objects, which could run "
+                            f"code when loaded ({refused.group(1)}); only tensors and plain values are read") \
+                from None
         raise UserError(f"checkpoint {path} could not be loaded: {type(exc).__name__}: {exc}") from None
     missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
