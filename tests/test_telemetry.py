@@ -4,7 +4,9 @@ linger, scrapes while the main thread writes a checkpoint, and the docs/dashboar
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -304,3 +306,47 @@ def test_docs_list_every_metric():
     doc = (REPO / "docs" / "telemetry.md").read_text()
     listed = set(re.findall(r"^\| `(satpose_[a-z0-9_]+)`", doc, flags=re.M))
     assert listed == set(METRICS)
+
+
+@pytest.mark.slow
+def test_scrapes_answered_through_a_preemption(tmp_path):
+    """SIGUSR1 during training: the run checkpoints and exits 85, every scrape until the exporter closes is
+    answered, and the linger serves one scrape after the preemption checkpoint with its final step."""
+    run_dir = tmp_path / "run"
+    tiny = ["data.name=synthetic", "data.input_size=64", "data.heatmap_size=16", "data.synthetic_train_size=24",
+            "data.synthetic_val_size=8", "data.num_workers=0", "model.stacks=2", "model.features=16",
+            "discriminator.features=16", "train.batch_size=4", "train.log_every=1", "train.threads=1"]
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "train", "--run-dir", str(run_dir), *tiny,
+                             "train.max_steps=100000", "train.val_every=100000", "telemetry.enabled=true",
+                             "telemetry.linger_s=30"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={k: v for k, v in os.environ.items() if not k.startswith("SLURM_")})
+    answered: list[tuple[float, float]] = []  # (time, satpose_step)
+    try:
+        deadline = time.monotonic() + 300
+        while not (run_dir / telemetry.SD_FILE).exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
+            time.sleep(0.1)
+        port = int(json.loads((run_dir / telemetry.SD_FILE).read_text())[0]["targets"][0].rsplit(":", 1)[1])
+        t_signal = None
+        while True:
+            try:
+                m = scrape(port, timeout=5)
+            except OSError:
+                break  # the exporter closed (or failed: then the step checks below fail)
+            step = value(m, "satpose_step") if "satpose_step" in m else 0.0
+            answered.append((time.monotonic(), step))
+            if t_signal is None and step >= 3:
+                proc.send_signal(signal.SIGUSR1)
+                t_signal = time.monotonic()
+            assert time.monotonic() < deadline, "no preemption within 300 s"
+            time.sleep(0.05)
+        rc = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    output = proc.stdout.read()
+    assert rc == 85, output[-3000:]
+    saved = max(int(p.stem.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*.pt"))
+    after = [step for t, step in answered if t > t_signal]
+    assert after and after[-1] == saved, (after, saved)
