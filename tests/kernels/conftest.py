@@ -1,0 +1,57 @@
+"""The device the Triton kernel tests run on.
+
+Triton chooses its interpreter when `triton.jit` decorates a kernel, i.e. when models.kernels is first
+imported with TRITON_INTERPRET=1 in the environment. So on CPU the kernel tests run in a separate process
+that tests/kernels/test_interpreter.py starts with that variable set; in the main process they run on a
+CUDA GPU when there is one (scripts/gpu_check.sh), and are skipped otherwise. A missing triton fails under
+CI=true (it is in the dev extra) and skips elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.kernels import runtime
+
+INTERPRETER_SKIP = "no GPU: the Triton kernels run on CPU in test_interpreter.py's TRITON_INTERPRET=1 process"
+
+
+@pytest.fixture
+def needs_triton() -> None:
+    """Skip without triton (fail under CI=true)."""
+    if not runtime.HAVE_TRITON:
+        msg = "triton is not installed (pip install '.[dev]')"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+@pytest.fixture
+def triton_device(needs_triton) -> torch.device:
+    """cpu under the interpreter (whose kernels must then be interpreted ones), else cuda, else skip."""
+    if runtime.INTERPRETER:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        from models.kernels import decode
+
+        assert isinstance(decode._decode_kernel, InterpretedFunction), type(decode._decode_kernel)
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    pytest.skip(INTERPRETER_SKIP)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under the interpreter (the process test_interpreter.py starts) only this folder's kernel tests run;
+    its torch-only tests ran in the main process already."""
+    if not runtime.INTERPRETER:
+        return
+    here = Path(__file__).parent
+    drop = [it for it in items if here in it.path.parents and "triton_device" not in it.fixturenames]
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = [it for it in items if it not in drop]
