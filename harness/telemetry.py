@@ -83,9 +83,10 @@ class Exporter:
     def __init__(self, registry: CollectorRegistry, cfg: TelemetryConfig):
         local_rank = launch_env()[2]
         port = cfg.port + local_rank if cfg.port else 0
-        where = f"{cfg.bind}:{port}"
         if port > 65535:
-            raise UserError(f"telemetry.port={cfg.port} + local rank {local_rank} = {port} is not a port")
+            raise UserError(f"telemetry.port: {cfg.port} + local rank {local_rank} = {port} is beyond 65535")
+        self.clock = _ScrapeClock()
+        registry.register(self.clock)
         try:
             self.server, self.thread = start_http_server(port, addr=cfg.bind, registry=registry)
         except OSError as exc:
@@ -93,9 +94,8 @@ class Exporter:
                 raise UserError(f"telemetry.port: port {port} on {cfg.bind} is in use (telemetry.port={cfg.port} + "
                                 f"local rank {local_rank}); choose another telemetry.port, or 0 for free ports") \
                     from None
-            raise UserError(f"telemetry.bind: cannot listen on {where}: {exc.strerror or exc}") from None
-        self.clock = _ScrapeClock()
-        registry.register(self.clock)
+            raise UserError(f"telemetry.bind: cannot listen on {cfg.bind} port {port}: {exc.strerror or exc}") \
+                from None
         self.bind = cfg.bind
         self.port = self.server.server_port
 
