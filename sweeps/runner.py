@@ -64,6 +64,13 @@ def _scheduler(name: str, spec: TrialSpec):
                          grace_period=max(1, validations // 4), reduction_factor=2)
 
 
+def _first_line(error: Exception) -> str:
+    """The line of a trial's error that says what failed (Ray prefixes it with its own traceback)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    ours = [line for line in lines if "`harness train` exited" in line]
+    return (ours or lines or [repr(error)])[0]
+
+
 def missing_trials(experiment_dir: Path) -> list[str]:
     """Run dirs of the sweep in `experiment_dir` that have no summary.json yet."""
     manifest = json.loads((experiment_dir / "sweep.json").read_text())
@@ -128,14 +135,16 @@ def run_sweep(preset: str, overrides: list[str] = (), seeds: int | None = None, 
                 run_config=tune.RunConfig(name=name, storage_path=str(experiment_dir.parent), verbose=1,
                                           failure_config=tune.FailureConfig(max_failures=max_failures)))
         results = tuner.fit()
-        errors = [str(e).splitlines()[0] for e in results.errors]
-        # PENDING/PAUSED/RUNNING after fit() returned: the run was interrupted (SIGINT/SIGUSR1 to the driver)
-        unfinished = sorted(run_name(t.config["point"], t.config["seed"])
-                            for t in results._experiment_analysis.trials if t.status not in ("TERMINATED", "ERROR"))
+        errors = [_first_line(e) for e in results.errors]
     finally:
         if started:
             import ray
 
             ray.shutdown()
+    without_summary = missing_trials(experiment_dir)
+    # Tune marks interrupted trials TERMINATED too (Ray 2.60), so "unfinished" is read from the run dirs:
+    # under FIFO every trial ends with a summary.json; under ASHA a trial without one may have been stopped
+    # early on purpose, so an interrupted ASHA sweep is not told apart (resume it by hand).
+    unfinished = without_summary if scheduler == "fifo" else []
     return {"experiment_dir": experiment_dir, "unfinished": unfinished, "errors": errors,
-            "without_summary": missing_trials(experiment_dir)}
+            "without_summary": without_summary}

@@ -32,7 +32,7 @@ def _client(env: dict[str, str]) -> dict:
     lines = [line for line in (out.stderr + out.stdout).splitlines() if line.strip()]
     refusals = [line for line in lines if "InvalidAuthToken" in line]  # the GCS's answer, if it refused
     why = (refusals or lines or [""])[-1]
-    return {"connected": connected, "returncode": out.returncode, "why": why[-300:]}
+    return {"connected": connected, "returncode": out.returncode, "why": why[:300]}
 
 
 def _listening(temp_dir: str) -> list[dict]:

@@ -3,7 +3,8 @@
 - a 4-trial tiny grid completes, each trial trained once, and a trial equals `harness train` run by hand
   with its config.yaml (bit-exact summary and checkpoint weights on CPU);
 - the driver killed (SIGKILL) mid-sweep, then `--resume`: only the unfinished trials run again;
-- `sbatch slurm/sweep.sh` runs the same grid inside a job; the Ray cluster sweep.sh starts refuses
+- `sbatch slurm/sweep.sh` runs the same grid inside a job, signalled mid-way (the pre-end USR1): it
+  requeues and its second run finishes the rest; the Ray cluster sweep.sh starts refuses
   clients without the job's token (none, or a wrong one) and accepts the job's.
 
 Ray is an optional extra (`tune`): without it these tests skip, and fail under CI.
@@ -150,28 +151,39 @@ def test_killed_driver_resumes_only_unfinished_trials(tmp_path):
     assert (exp / "report.md").is_file()
 
 
-def _sweep_job(env, tmp_path, extra_env: dict[str, str], args: list[str]) -> tuple[str, dict]:
+def _submit_sweep(env, tmp_path, extra_env: dict[str, str], args: list[str]) -> str:
     out = _run(["sbatch", "--parsable", f"--output={tmp_path}/%x-%j.out", "--cpus-per-task=2", "--time=5",
                 "--signal=B:USR1@30", str(SWEEP_SH), *args],
                {**env, "SATPOSE_SWEEP_STORAGE": str(tmp_path / "sweeps"), "SATPOSE_SWEEP_NAME": "job", **extra_env})
     assert out.returncode == 0, f"sbatch failed: {out.stderr}"
-    job_id = out.stdout.strip().split(";")[0]
-    return job_id, _wait_final(env, job_id, timeout=280)
+    return out.stdout.strip().split(";")[0]
 
 
 @pytest.mark.slurm
-def test_sweep_job_on_the_slurm_cluster(slurm_env, tmp_path):  # noqa: F811
+def test_sweep_job_preempted_requeues_and_completes(slurm_env, tmp_path):  # noqa: F811
+    """The tiny grid as a SLURM job, signalled (USR1, as before the time limit) while trials train: the
+    driver stops and saves, the job requeues itself, and the second run finishes only what was left."""
     _need_ray()
-    job_id, job = _sweep_job(slurm_env, tmp_path, {}, ["--preset", PRESET, "--seeds", "1"])
-    report = _report(slurm_env, job_id)
-    assert (job["JobState"], job["ExitCode"]) == ("COMPLETED", "0:0"), report
+    job_id = _submit_sweep(slurm_env, tmp_path, {}, ["--preset", PRESET, "--seeds", "1"])
     exp = tmp_path / "sweeps" / "job"
+    deadline = time.monotonic() + 200
+    while not any('"kind": "train"' in p.read_text() for p in exp.glob("*/metrics.jsonl")):
+        assert time.monotonic() < deadline, _report(slurm_env, job_id)
+        time.sleep(0.5)
+    _run(["scancel", "--batch", "--signal=USR1", job_id], slurm_env)
+    finished = {p.parent.name for p in exp.glob("*/summary.json")}
+    job = _wait_final(slurm_env, job_id, timeout=300)
+    report = _report(slurm_env, job_id)
+    assert (job["JobState"], job["ExitCode"], job["Restarts"]) == ("COMPLETED", "0:0", "1"), report
+    assert "interrupted and saved (exit 85): requeueing" in report
     for point in POINTS:
-        assert json.loads((exp / f"{point}-seed0" / "summary.json").read_text())["steps"] == 64, report
+        run = exp / f"{point}-seed0"
+        assert json.loads((run / "summary.json").read_text())["steps"] == 64, report
+        if run.name in finished:
+            assert len(_starts(run)) == 1, report
     assert (exp / "report.md").is_file(), report
-    token = (exp / "ray_auth_token").read_text()
     assert oct((exp / "ray_auth_token").stat().st_mode & 0o777) == "0o600"
-    assert token not in _log(slurm_env, job_id)
+    assert (exp / "ray_auth_token").read_text() not in _log(slurm_env, job_id)
     assert not Path(f"/tmp/ray_{job_id}").exists(), "the job's Ray temp dir was left behind"
 
 
@@ -179,7 +191,8 @@ def test_sweep_job_on_the_slurm_cluster(slurm_env, tmp_path):  # noqa: F811
 def test_sweep_job_ray_requires_the_token(slurm_env, tmp_path):  # noqa: F811
     _need_ray()
     env = {"SATPOSE_SWEEP_MODULE": "sweep_probe", "PYTHONPATH": str(REPO / "tests")}
-    job_id, job = _sweep_job(slurm_env, tmp_path, env, ["--preset", PRESET])
+    job_id = _submit_sweep(slurm_env, tmp_path, env, ["--preset", PRESET])
+    job = _wait_final(slurm_env, job_id, timeout=200)
     report = _report(slurm_env, job_id)
     assert (job["JobState"], job["ExitCode"]) == ("COMPLETED", "0:0"), report
     probe = json.loads((tmp_path / "sweeps" / "job" / "auth_probe.json").read_text())
