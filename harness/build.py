@@ -40,10 +40,16 @@ def build_models(cfg: Config, num_joints: int, rt: Runtime) -> tuple[nn.Module, 
     if cfg.distributed.sync_batchnorm and rt.distributed:
         g = convert_sync_batchnorm(g, rt.device)
         d = convert_sync_batchnorm(d, rt.device) if d is not None else None
-    dtype = param_dtype(cfg.train.precision)
+    t = cfg.train
     for m in (g, d):
-        if m is not None:
-            m.to(rt.device, dtype)
+        if m is None:
+            continue
+        m.to(rt.device, param_dtype(t.precision))
+        if t.channels_last:
+            m.to(memory_format=torch.channels_last)
+        if t.compile:
+            # in place: DDP, DeepSpeed and G's frozen-D pass all run the compiled forward
+            m.compile(fullgraph=True, backend=t.compile_backend)
     return g, d
 
 
@@ -66,6 +72,6 @@ def wrap_models(cfg: Config, rt: Runtime, g: nn.Module, d: nn.Module | None,
     def handle(module: nn.Module, opt_cfg) -> Model:
         scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" else None
         wrapped = _ddp(module, rt) if rt.distributed else module
-        return Model(wrapped, build_optimizer(module.parameters(), opt_cfg), scaler)
+        return Model(wrapped, build_optimizer(module.parameters(), opt_cfg, t.fused_optimizer), scaler)
 
     return handle(g, t.generator), (handle(d, t.discriminator) if d is not None else None)

@@ -118,6 +118,15 @@ class TrainConfig(_Strict):
     keep_last: int = Field(3, ge=1)
     flip_test: bool = True
     threads: int | None = Field(None, ge=1, description="torch CPU threads per process")
+    compile: bool = Field(False, description="torch.compile G and D, whole-graph (compile time is excluded "
+                                             "from throughput)")
+    compile_backend: Literal["inductor", "aot_eager"] = Field(
+        "inductor", description="torch.compile backend: inductor (generated kernels) or aot_eager (graph capture "
+                                "and AOTAutograd without code generation: what the CPU tests use)")
+    channels_last: bool = Field(False, description="NHWC memory format for G, D and the images (GPU tensor cores)")
+    fused_optimizer: bool = Field(False, description="fused (CUDA) or multi-tensor foreach (CPU) optimizer kernels")
+    deterministic: bool = Field(False, description="CUDA: deterministic algorithms, no TF32, no cuDNN autotuning "
+                                                   "(bit-exact resume and fp32 == CPU claims hold only with it)")
     generator: OptimizerConfig = OptimizerConfig()
     discriminator: OptimizerConfig = OptimizerConfig(name="adam", lr=8e-5)
 

@@ -7,12 +7,19 @@ import torch
 from harness.config import OptimizerConfig
 
 
-def build_optimizer(params, c: OptimizerConfig) -> torch.optim.Optimizer:
+def build_optimizer(params, c: OptimizerConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """The configured optimizer. `fused`: one fused kernel for all parameters where torch has it (Adam and SGD
+    on CUDA), else the multi-tensor `foreach` implementation; the default is torch's per-parameter loop on CPU."""
+    params = list(params)
+    impl: dict = {}
+    if fused:
+        on_cuda = all(p.is_cuda for p in params)
+        impl = {"fused": True} if on_cuda and c.name in ("adam", "sgd") else {"foreach": True}
     if c.name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=c.lr, alpha=c.alpha, eps=c.eps, weight_decay=c.weight_decay)
+        return torch.optim.RMSprop(params, lr=c.lr, alpha=c.alpha, eps=c.eps, weight_decay=c.weight_decay, **impl)
     if c.name == "sgd":
-        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
-    return torch.optim.Adam(params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay)
+        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, **impl)
+    return torch.optim.Adam(params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay, **impl)
 
 
 def lr_at(c: OptimizerConfig, step: int, steps_per_epoch: int) -> float:

@@ -29,6 +29,7 @@ from harness.distributed import Runtime, init_runtime
 from harness.evaluate import PROTOCOL_OF
 from harness.objectives import build_objective
 from harness.optim import set_lr
+from harness.precision import set_numerics
 from harness.preemption import EXIT_PREEMPTED, Preempted, Preemption
 from harness.sinks import Sinks, build_sinks
 from harness.step import train_step, unwrap
@@ -46,6 +47,7 @@ class Trainer:
         t = cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
+        set_numerics(self.rt.device, t.deterministic)
         if t.precision == "fp16" and self.rt.device.type != "cuda":
             raise UserError("train.precision=fp16 needs a GPU (GradScaler); use bf16 or fp32 on CPU")
         per_step = self.rt.world_size * t.grad_accum
@@ -199,7 +201,8 @@ class Trainer:
         for model, c in ((self.g, t.generator), (self.d, t.discriminator)):
             if model is not None:
                 set_lr(model.optimizer, c, self.step, self.data.steps_per_epoch)
-        micro = [self.data.to_device(b, dev) for b in micro]  # uint8 crops -> colour, normalisation, targets
+        # uint8 crops -> colour jitter, normalisation and targets on the device
+        micro = [self.data.to_device(b, dev, t.channels_last) for b in micro]
         log_now = (self.step + 1) % t.log_every == 0 or self.step == 0
         values = train_step(micro, self.g, self.d, self.objective, t.precision, measure_grad_norms=log_now)
         names = sorted(values)

@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from harness.sinks import Sink
+from harness.sinks.base import Sink
 
 # Values shown beside the progress bar (the last logged ones).
 _STATUS_KEYS = ("loss_g", "loss_d", "k")

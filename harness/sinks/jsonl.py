@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.sinks import Sink
+from harness.sinks.base import Sink
 
 
 class JsonlSink(Sink):

@@ -495,7 +495,8 @@ def wrap_pair(cfg, rt, micro_batch: int, g: nn.Module,
 
     common = dict(micro_batch=micro_batch, grad_accum=cfg.train.grad_accum, world_size=rt.world_size,
                   precision=cfg.train.precision, zero_stage=cfg.distributed.zero_stage)
-    gm = DeepSpeedModel(build_engine(g, build_optimizer(g.parameters(), cfg.train.generator), **common))
-    dm = (DeepSpeedModel(build_engine(d, build_optimizer(d.parameters(), cfg.train.discriminator), **common))
-          if d is not None else None)
+    t = cfg.train
+    gm = DeepSpeedModel(build_engine(g, build_optimizer(g.parameters(), t.generator, t.fused_optimizer), **common))
+    dm = (DeepSpeedModel(build_engine(d, build_optimizer(d.parameters(), t.discriminator, t.fused_optimizer),
+                                      **common)) if d is not None else None)
     return gm, dm
