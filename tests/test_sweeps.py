@@ -201,5 +201,7 @@ def test_sweep_job_ray_requires_the_token(slurm_env, tmp_path):  # noqa: F811
     assert "InvalidAuthToken" in probe["no_token"]["why"] and "InvalidAuthToken" in probe["wrong_token"]["why"]
     assert probe["token_file_mode"] == "0o600"
     base = 10000 + int(job_id) % 50 * 100
-    ports = {s["port"] for s in probe["listening"]}
-    assert ports and all(base <= p < base + 100 for p in ports), (base, probe["listening"])
+    listening = {(s["name"], s["port"]) for s in probe["listening"]}
+    assert {("gcs_server", base), ("raylet", base + 1), ("raylet", base + 2)} <= listening, (base, listening)
+    daemons = [p for name, p in listening if name in ("gcs_server", "raylet") or name.startswith("python")]
+    assert all(base <= p < base + 100 for p in daemons), (base, listening)  # incl. the autoscaler's metrics
