@@ -65,7 +65,7 @@ def wrap_models(cfg: Config, rt: Runtime, g: nn.Module, d: nn.Module | None,
     DeepSpeed engine per model; each with its optimizer and, for fp16, its own GradScaler."""
     t = cfg.train
     if cfg.distributed.strategy == "deepspeed":
-        from harness.strategies.deepspeed_engine import wrap_pair
+        from harness.strategies.deepspeed_model import wrap_pair
 
         return wrap_pair(cfg, rt, micro_batch, g, d)
 

@@ -37,3 +37,4 @@ def lsp_root() -> Path:
 def mpii_root() -> Path:
     """../shared/datasets/mpii: valid_gt_with_reference_preds.mat and annotations_sample.json."""
     return _need(_datasets_dir() / "mpii")
+

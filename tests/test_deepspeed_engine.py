@@ -9,7 +9,6 @@ processes) writes the exported states to the paths in the spec.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,12 +17,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import require
 
 from data_pipelines.errors import UserError
 from harness.strategies.deepspeed_engine import FP16_ZERO_REFUSAL, ZERO_STAGE_REFUSAL, deepspeed_config
 
 REPO = Path(__file__).resolve().parents[1]
-HAVE_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 GLOBAL_BATCH, STEPS, MID = 8, 4, 2
 
 # ------------------------------------------------------------------------------------- pure config
@@ -110,6 +109,8 @@ def _train(spec: dict) -> None:
     import torch.distributed as dist
 
     from harness.strategies import deepspeed_engine as dse
+    from harness.strategies import deepspeed_model as dsm
+    from harness.strategies import deepspeed_state as dss
     from models.losses import frozen_parameters
 
     g_net, d_net = _models()
@@ -119,18 +120,18 @@ def _train(spec: dict) -> None:
     micro = GLOBAL_BATCH // world // accum
     common = dict(micro_batch=micro, grad_accum=accum, world_size=world, precision=spec["precision"],
                   zero_stage=spec["zero_stage"], gradient_clipping=spec.get("clip", 0.5))
-    g = dse.DeepSpeedModel(dse.build_engine(g_net, {"type": "adam", "lr": 1e-2}, **common))
-    d = dse.DeepSpeedModel(dse.build_engine(d_net, torch.optim.Adam(d_net.parameters(), lr=1e-2), **common))
+    g = dsm.DeepSpeedModel(dse.build_engine(g_net, {"type": "adam", "lr": 1e-2}, **common))
+    d = dsm.DeepSpeedModel(dse.build_engine(d_net, torch.optim.Adam(d_net.parameters(), lr=1e-2), **common))
     start = 0
     if spec.get("resume"):
         saved = torch.load(spec["resume"], weights_only=True)
-        dse.import_state(g.handle, saved["G"])
-        dse.import_state(d.handle, saved["D"])
+        dss.import_state(g.handle, saved["G"])
+        dss.import_state(d.handle, saved["D"])
         start = saved["step"]
     checks = {"d_unchanged_by_g": True, "d_no_grad_in_g": True, "g_unchanged_by_d": True}
 
     def export(step: int, path: str) -> None:
-        state = {"G": dse.export_state(g.handle), "D": dse.export_state(d.handle), "step": step,
+        state = {"G": dss.export_state(g.handle), "D": dss.export_state(d.handle), "step": step,
                  "checks": dict(checks), "world": world,
                  "dtypes": sorted({str(p.dtype) for p in [*g_net.parameters(), *d_net.parameters()]})}
         if rank == 0:
@@ -196,8 +197,7 @@ def _launch(specs: list[dict], nproc: int) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """All real runs, in three launches (one 1-process, two 2-process); returns {name: loaded state}."""
-    if not HAVE_DEEPSPEED:
-        pytest.skip("deepspeed is not installed (pip install 'satpose[deepspeed]')")
+    require("deepspeed", "pip install 'satpose[deepspeed]'")
     tmp = tmp_path_factory.mktemp("ds")
 
     def spec(name, zero_stage, precision="fp32", grad_accum=2, mid=False, resume=None):
@@ -231,10 +231,6 @@ def _max_diff(a: dict, b: dict) -> float:
     return worst
 
 
-needs_ds = pytest.mark.skipif(not HAVE_DEEPSPEED, reason="deepspeed is not installed")
-
-
-@needs_ds
 def test_gan_step_freezes_d_and_keeps_weights_fp32(runs):
     for name in ("ref", "ref_z1_bf16", "fp16", "z0", "z1", "z1_resumed"):
         assert runs[name]["checks"] == {"d_unchanged_by_g": True, "d_no_grad_in_g": True,
@@ -251,7 +247,6 @@ def test_gan_step_freezes_d_and_keeps_weights_fp32(runs):
     assert 0 < bf16_gap < 0.05
 
 
-@needs_ds
 @pytest.mark.parametrize("name", ["z0", "z1"])
 def test_two_processes_equal_one_process_on_the_same_global_batch(runs, name):
     assert runs[name]["world"] == 2 and runs["ref"]["world"] == 1
@@ -260,7 +255,6 @@ def test_two_processes_equal_one_process_on_the_same_global_batch(runs, name):
     assert diff < 2e-6
 
 
-@needs_ds
 def test_zero1_export_gathers_the_sharded_optimizer_state_in_torch_format(runs):
     """ZeRO-1 shards Adam's state over 2 ranks; the export must equal the 1-process torch Adam state."""
     z1, ref = runs["z1-mid"], runs["ref-mid"]
@@ -283,7 +277,6 @@ def test_zero1_export_gathers_the_sharded_optimizer_state_in_torch_format(runs):
     assert torch.equal(plain.state[next(iter(g.parameters()))]["exp_avg"], z1["G"]["optimizer"]["state"][0]["exp_avg"])
 
 
-@needs_ds
 def test_resume_round_trips_through_one_file(runs):
     exact = _max_diff(runs["z1_resumed"], runs["z1"])
     print(f"ZeRO-1 resumed from its own file vs uninterrupted: max abs diff {exact:.3e}")
@@ -300,3 +293,18 @@ def test_resume_round_trips_through_one_file(runs):
 
 if __name__ == "__main__":
     _worker(json.loads(sys.argv[1]))
+
+
+def test_deepspeed_takes_the_run_device_not_cuda_availability():
+    """train.device=cpu with DeepSpeed on a GPU machine: the engines must be CPU ones (DeepSpeed alone would pick
+    CUDA because it is available). Simulated in a fresh process where CUDA reports itself available."""
+    require("deepspeed")
+    code = ("import torch\ntorch.cuda.is_available = lambda: True\n"
+            "from harness.strategies.deepspeed_engine import _deepspeed\n"
+            "_deepspeed('cpu')\nfrom deepspeed.accelerator import get_accelerator\n"
+            "print(get_accelerator().device_name())\n")
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "cpu"

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import require
 
-from data_pipelines.dataset import EpochBatchSampler
 from data_pipelines.lsp import load_lsp
+from data_pipelines.sampling import EpochBatchSampler
 from harness import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,7 +175,7 @@ def test_killed_worker_restarts_resumes_and_matches_uninterrupted(tmp_path):
 @pytest.mark.parametrize("zero_stage", [0, 1])
 def test_deepspeed_matches_ddp(tmp_path, objective, zero_stage):
     """The DeepSpeed strategy (one engine per model) against DDP, 2 ranks each, same global batch, fp32."""
-    pytest.importorskip("deepspeed", reason="the [deepspeed] extra is not installed")
+    require("deepspeed", "the [deepspeed] extra")
     common = [f"adversarial.objective={objective}", "distributed.sync_batchnorm=true",
               *[o for o in EQUIV if o != "train.precision=fp64"]]
     run(torchrun("--nproc-per-node", "2", "--master-port", str(free_port()),

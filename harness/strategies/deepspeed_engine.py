@@ -42,7 +42,6 @@ import torch
 from torch import nn
 
 from data_pipelines.errors import UserError
-from harness.step import Model
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 ZERO_STAGES = (0, 1)
@@ -116,12 +115,14 @@ def deepspeed_config(*, micro_batch: int, grad_accum: int = 1, world_size: int =
 
 # ------------------------------------------------------------------------------------ deepspeed runtime
 
-def _deepspeed():
-    """Import deepspeed for this process: CPU accelerator when CUDA is absent (gloo unless oneCCL is
-    installed) and no JIT build of the shared-memory all-reduce op (used by DeepSpeed inference only;
-    compiling it takes about a minute and needs a C++ compiler)."""
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+def _deepspeed(device: torch.device | str | None = None):
+    """Import deepspeed for this process with the accelerator of the run's device: DeepSpeed picks CUDA whenever
+    it is available, so a CPU run on a GPU machine must say "cpu" before the import (DS_ACCELERATOR). The CPU
+    accelerator uses gloo unless oneCCL is installed, and skips the JIT build of the shared-memory all-reduce op
+    (used by DeepSpeed inference only; compiling it takes about a minute and needs a C++ compiler)."""
+    wanted = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    if wanted == "cpu":
+        os.environ["DS_ACCELERATOR"] = "cpu"
     try:
         import deepspeed
     except ImportError as exc:
@@ -129,7 +130,10 @@ def _deepspeed():
                         "pip install 'satpose[deepspeed]'") from exc
     from deepspeed.accelerator import get_accelerator
 
-    if get_accelerator().device_name() == "cpu":
+    if get_accelerator().device_name() != wanted:
+        raise UserError(f"DeepSpeed in this process already uses the {get_accelerator().device_name()} "
+                        f"accelerator, but the run's device is {wanted}")
+    if wanted == "cpu":
         with contextlib.suppress(AttributeError, TypeError):
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     return deepspeed
@@ -148,7 +152,7 @@ def ensure_distributed(device: torch.device | str = "cpu") -> None:
     environment; a single process started without a launcher gets a one-rank group on a free localhost
     port. gloo on CPU, nccl on CUDA. DeepSpeed also needs LOCAL_RANK, which is set to 0 for that case.
     """
-    deepspeed = _deepspeed()
+    deepspeed = _deepspeed(device)
     import torch.distributed as dist
 
     backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
@@ -256,7 +260,7 @@ def build_engine(model: nn.Module, optimizer: torch.optim.Optimizer | OptimizerS
     if dist.get_world_size() != world_size:
         raise UserError(f"DeepSpeed world_size={world_size} but the process group has "
                         f"{dist.get_world_size()} ranks")
-    deepspeed = _deepspeed()
+    deepspeed = _deepspeed(device)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
                                            config=config, dist_init_required=False)
     expected = "DeepSpeedZeroOptimizer" if zero_stage > 0 else type(optimizer).__name__
@@ -264,239 +268,3 @@ def build_engine(model: nn.Module, optimizer: torch.optim.Optimizer | OptimizerS
         raise RuntimeError(f"DeepSpeed {deepspeed.__version__} wrapped the optimizer as "
                            f"{type(engine.optimizer).__name__}, expected {expected}")
     return EngineHandle(engine, groups, precision, zero_stage, grad_accum, config)
-
-
-# --------------------------------------------------------------------------------------- state dicts
-
-def _cpu_copy(value: Any) -> Any:
-    if torch.is_tensor(value):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {k: _cpu_copy(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_cpu_copy(v) for v in value)
-    return value
-
-
-def _group_hyper(group: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _cpu_copy(v) for k, v in group.items() if k != "params"}
-
-
-def _zero_partitions(handle: EngineHandle):
-    """(flat fp32 partition, the group's parameters as ZeRO holds them) for each group, in order."""
-    zopt = handle.engine.optimizer
-    flats = zopt.single_partition_of_fp32_groups
-    if len(flats) != len(handle.param_groups):
-        raise RuntimeError(f"ZeRO has {len(flats)} parameter groups, the client optimizer had "
-                           f"{len(handle.param_groups)}")
-    for i, (flat, lp_params) in enumerate(zip(flats, zopt.bit16_groups)):
-        if (handle.base_optimizer.param_groups[i]["params"][0] is not flat
-                or [id(p) for p in lp_params] != [id(p) for p in handle.param_groups[i]]):
-            raise RuntimeError(f"ZeRO group {i} does not match the client optimizer's group (DeepSpeed "
-                               f"{_deepspeed().__version__} changed its layout)")
-    return list(zip(flats, zopt.bit16_groups))
-
-
-def export_optimizer_state(handle: EngineHandle) -> dict[str, Any]:
-    """The optimizer state in torch's format, full (not sharded), tensors copied to CPU.
-
-    Keys of "state" count the client optimizer's parameters group by group, exactly as
-    `torch.optim.Optimizer.state_dict()` does, so a DDP run with the same optimizer can load it.
-    ZeRO-1: collective (every rank calls it; each gets the full state). ZeRO keeps one scalar state
-    (e.g. Adam's step) per group; it is repeated for every parameter of the group.
-    """
-    if handle.zero_stage == 0:
-        return _cpu_copy(handle.base_optimizer.state_dict())
-    from deepspeed.utils import safe_get_full_optimizer_state
-
-    base = handle.base_optimizer
-    state: dict[int, dict[str, Any]] = {}
-    groups = []
-    index = 0
-    for (flat, _), params, group in zip(_zero_partitions(handle), handle.param_groups, base.param_groups):
-        flat_state = base.state.get(flat, {})
-        tensor_keys = sorted(k for k, v in flat_state.items() if torch.is_tensor(v) and v.shape == flat.shape)
-        scalars = {k: v for k, v in flat_state.items() if k not in tensor_keys}
-        ids = []
-        for p in params:
-            ids.append(index)
-            if flat_state:
-                entry = _cpu_copy(scalars)
-                for key in tensor_keys:  # all_reduce of the fragments: same call order on every rank
-                    entry[key] = safe_get_full_optimizer_state(p, key).detach().to("cpu", copy=True)
-                state[index] = entry
-            index += 1
-        groups.append({**_group_hyper(group), "params": ids})
-    return {"state": state, "param_groups": groups}
-
-
-def _sync_master_weights(handle: EngineHandle) -> None:
-    """ZeRO-1 keeps its own fp32 copy of this rank's partition: refresh it from the module's parameters
-    (after loading a model state dict into the module)."""
-    if handle.zero_stage == 0:
-        return
-    from deepspeed.utils import safe_set_full_fp32_param
-
-    for params in handle.param_groups:
-        for p in params:
-            safe_set_full_fp32_param(p, p.detach().float())
-
-
-def import_optimizer_state(handle: EngineHandle, state_dict: Mapping[str, Any]) -> None:
-    """Load a torch-format optimizer state dict (from `export_optimizer_state`, a DDP run or a plain
-    torch optimizer over the same parameter groups). ZeRO-1: every rank calls it with the full dict."""
-    saved_groups = state_dict.get("param_groups")
-    if not isinstance(saved_groups, list) or "state" not in state_dict:
-        raise UserError("optimizer state dict needs 'state' and 'param_groups'")
-    sizes = [len(g) for g in handle.param_groups]
-    saved_sizes = [len(g.get("params", ())) for g in saved_groups]
-    if sizes != saved_sizes:
-        raise UserError(f"optimizer state has groups of {saved_sizes} parameters, this model's optimizer "
-                        f"has {sizes}")
-    if handle.zero_stage == 0:
-        handle.base_optimizer.load_state_dict(dict(state_dict))
-        return
-    from deepspeed.utils import lazy_init_hp_params_optimizer_state, safe_set_full_optimizer_state
-
-    zopt, base = handle.engine.optimizer, handle.base_optimizer
-    saved_state = state_dict["state"]
-    writes = []
-    for gi, ((flat, lp_params), params, saved) in enumerate(
-            zip(_zero_partitions(handle), handle.param_groups, saved_groups)):
-        entries = [saved_state.get(i) for i in saved["params"]]
-        base.param_groups[gi].update({k: v for k, v in saved.items() if k != "params"})
-        if all(e is None for e in entries):
-            base.state.pop(flat, None)  # a fresh optimizer: DeepSpeed relinks after its first step
-            zopt._hp_optimizer_states_linked = False
-            continue
-        if any(e is None for e in entries):
-            raise UserError(f"optimizer group {gi}: some parameters have state and some do not; ZeRO keeps "
-                            "one state for the whole group (load with zero_stage 0)")
-        keys = set(entries[0])
-        tensor_keys = {k for k in keys if torch.is_tensor(entries[0][k]) and
-                       entries[0][k].shape == params[0].shape and entries[0][k].dim() > 0}
-        for i, (p, e) in enumerate(zip(params, entries)):
-            if set(e) != keys:
-                raise UserError(f"optimizer group {gi}: parameter {i} has state keys {sorted(e)}, "
-                                f"expected {sorted(keys)}")
-            for k in keys - tensor_keys:
-                if not torch.equal(torch.as_tensor(e[k]), torch.as_tensor(entries[0][k])):
-                    raise UserError(f"optimizer group {gi}: '{k}' differs between parameters; ZeRO keeps one "
-                                    "per group (load with zero_stage 0)")
-            for k in tensor_keys:
-                if tuple(e[k].shape) != tuple(p.shape):
-                    raise UserError(f"optimizer group {gi}, parameter {i}: '{k}' has shape "
-                                    f"{tuple(e[k].shape)}, the parameter {tuple(p.shape)}")
-                writes.append((p, k, e[k]))
-        flat_state = base.state[flat]
-        for k in tensor_keys:
-            if k not in flat_state or flat_state[k].shape != flat.shape:
-                flat_state[k] = torch.zeros_like(flat)
-        for k in keys - tensor_keys:
-            value = entries[0][k]
-            if torch.is_tensor(value):
-                on_device = base.param_groups[gi].get("capturable") or base.param_groups[gi].get("fused")
-                value = value.detach().to(flat.device if on_device else "cpu", copy=True)
-            flat_state[k] = value
-        lazy_init_hp_params_optimizer_state(lp_params, flat, base.state)
-    if all(flat in base.state for flat, _ in _zero_partitions(handle)):
-        zopt._hp_optimizer_states_linked = True
-    for p, key, value in writes:
-        safe_set_full_optimizer_state(p, value.to(p.device, torch.float32), key)
-
-
-def export_state(handle: EngineHandle) -> dict[str, Any]:
-    """{"model", "optimizer", "lr_scheduler", "grad_scaler"}: plain state dicts (tensors on CPU), loadable
-    with torch.load(weights_only=True). ZeRO-1: collective; every rank gets the full state."""
-    scheduler, scaler = handle.engine.lr_scheduler, handle.grad_scaler
-    return {"model": _cpu_copy(handle.module.state_dict()),
-            "optimizer": export_optimizer_state(handle),
-            "lr_scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "grad_scaler": scaler.state_dict() if scaler is not None else None}
-
-
-def import_state(handle: EngineHandle, state: Mapping[str, Any]) -> None:
-    """Inverse of `export_state` (every rank calls it with the same full state)."""
-    handle.module.load_state_dict(state["model"])
-    _sync_master_weights(handle)
-    import_optimizer_state(handle, state["optimizer"])
-    if state.get("lr_scheduler") is not None:
-        if handle.engine.lr_scheduler is None:
-            raise UserError("state has an lr_scheduler, this engine has none")
-        handle.engine.lr_scheduler.load_state_dict(state["lr_scheduler"])
-    scaler = handle.grad_scaler
-    if scaler is not None and state.get("grad_scaler"):
-        scaler.load_state_dict(state["grad_scaler"])
-
-
-# ------------------------------------------------------------------------- harness.step integration
-
-class EngineOptimizer:
-    """What the trainer sees as `Model.optimizer`: the live param_groups (lr is set there) and torch-format
-    state_dict/load_state_dict. load_state_dict also refreshes ZeRO's fp32 master copy from the module,
-    which the trainer loads first. Both are collective under ZeRO-1."""
-
-    def __init__(self, handle: EngineHandle):
-        self.handle = handle
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.handle.base_optimizer.param_groups
-
-    def state_dict(self) -> dict[str, Any]:
-        sd = export_optimizer_state(self.handle)
-        scaler = self.handle.grad_scaler
-        if scaler is not None:
-            sd["grad_scaler"] = scaler.state_dict()
-        return sd
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        _sync_master_weights(self.handle)
-        import_optimizer_state(self.handle, state_dict)
-        scaler = self.handle.grad_scaler
-        if scaler is not None and state_dict.get("grad_scaler"):
-            scaler.load_state_dict(state_dict["grad_scaler"])
-
-
-class DeepSpeedModel(Model):
-    """`harness.step.Model` driven by a DeepSpeed engine: forward through `module` (the engine), one
-    `backward(loss / grad_accum)` per micro-batch, then one `step()`."""
-
-    def __init__(self, handle: EngineHandle):
-        super().__init__(module=handle.engine, optimizer=EngineOptimizer(handle), scaler=None,
-                         engine=handle.engine)
-        self.handle = handle
-        self._micro = 0
-
-    def backward(self, loss: torch.Tensor) -> None:
-        n = self.handle.grad_accum
-        if self._micro == n:
-            raise RuntimeError(f"backward called {n + 1} times before step() with grad_accum={n}")
-        self._micro += 1
-        self.engine.set_gradient_accumulation_boundary(self._micro == n)
-        self.engine.backward(loss, scale_wrt_gas=False)  # the caller already divided by grad_accum
-
-    def step(self) -> None:
-        n = self.handle.grad_accum
-        if self._micro != n:
-            raise RuntimeError(f"step() after {self._micro} backward calls; grad_accum={n} expects {n}")
-        self.engine.step()
-        self._micro = 0
-
-    def no_sync(self, skip: bool):
-        return contextlib.nullcontext()  # backward() sets DeepSpeed's accumulation boundary itself
-
-
-def wrap_pair(cfg, rt, micro_batch: int, g: nn.Module,
-              d: nn.Module | None) -> tuple[DeepSpeedModel, DeepSpeedModel | None]:
-    """The DeepSpeed strategy of harness.build.wrap_models: an engine for G and one for D, with the run's
-    optimizers (harness.optim)."""
-    from harness.optim import build_optimizer
-
-    common = dict(micro_batch=micro_batch, grad_accum=cfg.train.grad_accum, world_size=rt.world_size,
-                  precision=cfg.train.precision, zero_stage=cfg.distributed.zero_stage)
-    t = cfg.train
-    gm = DeepSpeedModel(build_engine(g, build_optimizer(g.parameters(), t.generator, t.fused_optimizer), **common))
-    dm = (DeepSpeedModel(build_engine(d, build_optimizer(d.parameters(), t.discriminator, t.fused_optimizer),
-                                      **common)) if d is not None else None)
-    return gm, dm
