@@ -140,9 +140,10 @@ class _StackedMSE(torch.autograd.Function):
         meta = {"J": j, "STRIDE_B": j * h * w, "STRIDE_J": stride_j, "BLOCK": _BLOCK}
         grid = (triton.cdiv(numel, _BLOCK),)
         wt = weight.to(target.dtype).to(torch.float32).contiguous()  # rounded as in the reference
-        partials = torch.zeros(len(_groups(len(outputs))), grid[0], dtype=torch.float32, device=target.device)
+        groups = _groups(len(outputs))
+        partials = torch.empty(len(groups), grid[0], dtype=torch.float32, device=target.device)
         with device_of(target):
-            for k, group in enumerate(_groups(len(outputs))):
+            for k, group in enumerate(groups):
                 if numel:
                     _mse_fwd_kernel[grid](target, wt, partials[k], *_padded([outputs[i] for i in group]), numel,
                                           NUM=len(group), **meta)
@@ -156,19 +157,18 @@ class _StackedMSE(torch.autograd.Function):
         target, wt, *outputs = ctx.saved_tensors
         numel = target.numel()
         target_grad = ctx.needs_input_grad[0]
+        groups = _groups(len(outputs))
         grads = [torch.empty_like(o) for o in outputs]
-        gt = torch.zeros_like(target) if target_grad else None
+        target_grads = [torch.empty_like(target) for _ in groups] if target_grad else []  # one per pass
         scale = grad.to(torch.float32).reshape(1)  # read on the device: no host sync
         grid = (triton.cdiv(numel, _BLOCK),)
         with device_of(target):
-            for group in _groups(len(outputs)):
-                gt_k = (torch.empty_like(target) if len(outputs) > MAX_STACKS else gt) if target_grad else target
+            for k, group in enumerate(groups):
                 if numel:
-                    _mse_bwd_kernel[grid](target, wt, scale, gt_k, *_padded([outputs[i] for i in group]),
-                                          *_padded([grads[i] for i in group]), numel, 2.0 / max(numel, 1),
-                                          NUM=len(group), TARGET_GRAD=target_grad, **ctx.meta)
-                if target_grad and gt_k is not gt:
-                    gt += gt_k
+                    _mse_bwd_kernel[grid](target, wt, scale, target_grads[k] if target_grad else target,
+                                          *_padded([outputs[i] for i in group]), *_padded([grads[i] for i in group]),
+                                          numel, 2.0 / numel, NUM=len(group), TARGET_GRAD=target_grad, **ctx.meta)
+        gt = sum(target_grads[1:], target_grads[0]) if target_grad else None
         return (gt, None, *grads)
 
 
@@ -183,7 +183,7 @@ def heatmap_mse_triton(outputs: Sequence[torch.Tensor], target: torch.Tensor, we
         raise ValueError(f"heatmap_mse: weight must be [B, J] = {tuple(target.shape[:2])}, got {tuple(weight.shape)}")
     if weight.requires_grad:
         raise ValueError("heatmap_mse: the triton kernel gives the weight no gradient (use backend='torch')")
-    if target.numel() >= 2**31:
+    if target.numel() > 2**31 - 1 - _BLOCK:
         raise ValueError(f"heatmap_mse: {target.numel()} elements per stack exceed the kernel's int32 offsets "
                          "(use backend='torch')")
     check_launch("heatmap_mse", target, *outputs)
