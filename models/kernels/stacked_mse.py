@@ -26,6 +26,7 @@ import functools
 from collections.abc import Sequence
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from models.kernels.runtime import check_launch, device_of, jit, tl, triton
 
@@ -153,6 +154,7 @@ class _StackedMSE(torch.autograd.Function):
         return (partials.sum() / numel).to(dtype)
 
     @staticmethod
+    @once_differentiable  # the backward is a kernel: no double backward
     def backward(ctx, grad: torch.Tensor):
         target, wt, *outputs = ctx.saved_tensors
         numel = target.numel()
