@@ -45,15 +45,26 @@ def _starts(run: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    """One Ray instance for the module's in-process sweeps (start-up costs seconds)."""
+def ray_local(tmp_path_factory):
+    """One Ray instance for the module's in-process sweeps (start-up costs seconds), with token
+    authentication from a file of this test's (Ray 2.60 would otherwise write ~/.ray/auth_token)."""
     _need_ray()
+    token = tmp_path_factory.mktemp("ray") / "token"
+    token.write_text(os.urandom(32).hex())
+    token.chmod(0o600)
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))  # read when ray is imported
     import ray
 
     ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, configure_logging=False,
              object_store_memory=100 * 1024**2, _node_ip_address="127.0.0.1")
     yield ray
     ray.shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="module")
