@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from data_pipelines.errors import UserError
 from harness import telemetry
-from harness.sinks import Sink
+from harness.sinks.base import Sink
 
 # name (as exposed) -> help text; the sink creates exactly these.
 METRICS = {
