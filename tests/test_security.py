@@ -145,7 +145,7 @@ def test_the_scan_finds_unsafe_loads():
 
 def test_no_source_calls_a_loader_that_can_run_code():
     files = [p for d in SOURCES for p in sorted((REPO / d).rglob("*.py"))]
-    assert any(p.name == "deepspeed_engine.py" for p in files)
+    assert any(p.name.startswith("deepspeed") for p in files)  # the DeepSpeed strategy is among them
     bad = [f"{p.relative_to(REPO)}:{hit}" for p in files for hit in unsafe_loads(p.read_text())]
     assert bad == [], "loaders that can run code from a file:\n" + "\n".join(bad)
     loads = [p.relative_to(REPO).as_posix() for p in files if torch_load_calls(p.read_text())]
