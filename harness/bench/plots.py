@@ -1,0 +1,69 @@
+"""One PNG per report (matplotlib, Agg): throughput per variant with its spread, the step-latency
+distribution, infer's img/s over batch sizes, scaling's img/s and efficiency over world sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def _bars(ax, rows, label: str) -> None:
+    rows = [r for r in rows if r.get("value")]
+    names = [r["key"] for r in rows]
+    med = [r["value"] for r in rows]
+    s = [r.get("images_per_s") or {"min": v, "max": v} for r, v in zip(rows, med)]
+    err = [[v - x["min"] for v, x in zip(med, s)], [x["max"] - v for v, x in zip(med, s)]]
+    ax.barh(names, med, xerr=err, color="tab:blue", capsize=3)
+    ax.set_xlabel(label)
+    ax.invert_yaxis()
+
+
+def _latency(ax, rows, key: str = "latencies_ms") -> None:
+    rows = [r for r in rows if r.get(key)]
+    if rows:
+        ax.boxplot([r[key] for r in rows], vert=False, whis=(1, 99))
+        ax.set_yticks(range(1, len(rows) + 1), [r["key"] for r in rows])
+        ax.invert_yaxis()
+    ax.set_xlabel("latency, ms (whiskers p1-p99)")
+
+
+def plot(report: dict, path: Path) -> None:
+    suite, rows = report["suite"], report["rows"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, max(3.0, 0.45 * len(rows) + 1.5)))
+    if suite in ("train", "infer"):
+        _bars(axes[0], rows, "images/s (median over repeats; bars: min-max)")
+        _latency(axes[1], rows)
+    elif suite == "data":
+        _bars(axes[0], rows, "samples/s")
+        timed = [r for r in rows if r.get("per_core")]
+        axes[1].barh([r["key"] for r in timed], [r["per_core"] for r in timed], color="tab:green")
+        axes[1].set_xlabel("samples/s per core")
+        axes[1].invert_yaxis()
+    elif suite == "kernels":
+        timed = [r for r in rows if r.get("timed")]
+        axes[0].barh([r["key"] for r in timed], [r["value"] for r in timed], color="tab:blue")
+        axes[0].set_xlabel("ms per call")
+        axes[0].invert_yaxis()
+        axes[1].barh([r["key"] for r in timed], [r.get("x_floor") or 0 for r in timed], color="tab:orange")
+        axes[1].axvline(1.0, color="k", lw=0.8)
+        axes[1].set_xlabel("time / bandwidth floor")
+        axes[1].invert_yaxis()
+    elif suite == "scaling":
+        w = [r["world_size"] for r in rows]
+        axes[0].plot(w, [r["value"] for r in rows], "o-", label="measured")
+        axes[0].plot(w, [rows[0]["value"] * x for x in w], "--", color="gray", label="linear")
+        axes[0].set_xlabel("world size")
+        axes[0].set_ylabel("images/s")
+        axes[0].legend()
+        axes[1].plot(w, [r["efficiency"] for r in rows], "o-")
+        axes[1].set_ylim(0, 1.1)
+        axes[1].set_xlabel("world size")
+        axes[1].set_ylabel("efficiency vs linear")
+    fig.suptitle(f"bench {suite} {report.get('label') or ''} on {report['device_slug']} ({report['created'][:10]})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,161 @@
+"""Reports: one JSON (schema harness.bench.SCHEMA), a Markdown page, a PNG and a terminal table per run, named
+`<date>_<suite>_<device>[_<label>]`; an index line in the output folder's README.md when it has the marker;
+and `bench compare`.
+
+Every row of every suite has `key` (unique in its report), `value` (its headline number, the median over
+repeats), `metric` and `higher_is_better`; compare matches rows by key and reads only those.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from data_pipelines.errors import UserError
+from harness.bench import SCHEMA
+
+INDEX_MARKER = "<!-- bench index: `python -m harness bench` appends a line below for each report it writes -->"
+
+
+def _f(v, fmt: str = "{:.1f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _lat(row) -> str:
+    p = row.get("latency_ms")
+    return "-" if not p else f"{p['p50']:.1f} / {p['p90']:.1f} / {p['p99']:.1f}"
+
+
+def _spread(row, key: str = "images_per_s") -> str:
+    s = row.get(key)
+    return "-" if not s else f"{s['median']:.1f} ({s['min']:.1f}-{s['max']:.1f})"
+
+
+Column = tuple[str, Callable[[dict], str]]
+COLUMNS: dict[str, list[Column]] = {
+    "train": [("variant", lambda r: r["variant"] + (f" ({r['note']})" if r.get("note") else "")),
+              ("img/s (min-max)", _spread), ("compute img/s", lambda r: _spread(r, "compute_images_per_s")),
+              ("x first", lambda r: _f(r.get("ratio"), "{:.2f}")),
+              ("step ms p50/p90/p99", _lat), ("data wait", lambda r: _f(r.get("data_wait_share"), "{:.0%}")),
+              ("GFLOP/img", lambda r: _f(r.get("flops_per_image") and r["flops_per_image"] / 1e9)),
+              ("TFLOP/s/dev", lambda r: _f(r.get("achieved_tflops_per_device"), "{:.3f}")),
+              ("MFU", lambda r: _f(r.get("mfu"), "{:.1%}")),
+              ("peak MiB", lambda r: _f(r.get("peak_memory_mb"), "{:.0f}")),
+              ("warm-up s", lambda r: _f(r.get("warmup_s")))],
+    "infer": [("variant", lambda r: r["variant"]), ("batch", lambda r: str(r["batch_size"])),
+              ("flip", lambda r: "yes" if r["flip"] else "no"), ("img/s (min-max)", _spread),
+              ("x first", lambda r: _f(r.get("ratio"), "{:.2f}")), ("batch ms p50/p90/p99", _lat),
+              ("warm-up s", lambda r: _f(r.get("warmup_s")))],
+    "data": [("variant", lambda r: r["key"]), ("samples/s", lambda r: _f(r["value"])),
+             ("processes", lambda r: str(r.get("cores", "-"))), ("per core", lambda r: _f(r.get("per_core"))),
+             ("% of decode+warp per core", lambda r: _f(r.get("of_ceiling"), "{:.0%}"))],
+    "kernels": [("op", lambda r: r["op"]), ("backend", lambda r: r["backend"]),
+                ("ms", lambda r: _f(r["value"], "{:.4f}") if r.get("timed") else "not timed"),
+                ("GB/s", lambda r: _f(r.get("gbs"))), ("x floor", lambda r: _f(r.get("x_floor"), "{:.2f}")),
+                ("matches torch", lambda r: {True: "yes", False: "NO", None: "-"}[r.get("correct")]),
+                ("max rel. error", lambda r: _f(r.get("rel_error"), "{:.1e}"))],
+    "scaling": [("world size", lambda r: str(r["world_size"])), ("img/s", lambda r: _f(r["value"])),
+                ("img/s per device", lambda r: _f(r.get("images_per_s_per_device"))),
+                ("speed-up", lambda r: _f(r.get("speedup"), "{:.2f}")),
+                ("efficiency vs linear", lambda r: _f(r.get("efficiency"), "{:.0%}")), ("step ms p50/p90/p99", _lat)],
+}
+
+
+def stem(report: dict) -> str:
+    label = f"_{report['label']}" if report.get("label") else ""
+    return f"{report['created'][:10]}_{report['suite']}_{report['device_slug']}{label}"
+
+
+def markdown(report: dict) -> str:
+    m, cols = report["machine"], COLUMNS[report["suite"]]
+    gpu = f"{m['gpu']} (driver {m['driver']}, CUDA {m['cuda']}, cuDNN {m['cudnn']})" if m["gpu"] else "none"
+    lines = [f"# bench {report['suite']}: {report.get('label') or ''} on {report['device_slug']}", "",
+             f"`{report['command']}`", "",
+             f"- created {report['created']} UTC, schema `{report['schema']}`, commit `{m['git_commit']}`"
+             + (" (uncommitted changes)" if m.get("git_dirty") else ""),
+             f"- CPU {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), load average "
+             f"{m['load_avg_1m']:.1f} at the start; GPU {gpu}",
+             f"- torch {m['torch']}, triton {m['triton']}, DALI {m['dali']}, Python {m['python']}",
+             f"- settings: {json.dumps(report['settings'])}"]
+    if report.get("peak"):
+        p = report["peak"]
+        lines.append(f"- peak ({p['dtype']}): {_f(p['tflops'], '{:.3f}')} TFLOP/s, {_f(p['tbs'], '{:.3f}')} TB/s "
+                     f"({p['source']})")
+    lines += ["", "| " + " | ".join(h for h, _ in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fn(r) for _, fn in cols) + " |" for r in report["rows"]]
+    lines += [""] + [f"- {n}" for n in report.get("notes", [])]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"bench {report['suite']} on {report['device_slug']}")
+    for header, _ in COLUMNS[report["suite"]]:
+        table.add_column(header, justify="right")
+    for r in report["rows"]:
+        table.add_row(*(fn(r) for _, fn in COLUMNS[report["suite"]]))
+    console = Console(width=200)
+    console.print(table)
+    for n in report.get("notes", []):
+        console.print(f"- {n}", highlight=False)
+
+
+def write(report: dict, out_dir: Path, formats: tuple[str, ...] = ("json", "md", "png")) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = out_dir / stem(report)
+    paths = []
+    if "json" in formats:
+        paths.append(base.with_suffix(".json"))
+        paths[-1].write_text(json.dumps(report, indent=1) + "\n")
+    if "md" in formats:
+        paths.append(base.with_suffix(".md"))
+        paths[-1].write_text(markdown(report))
+    if "png" in formats:
+        from harness.bench.plots import plot
+
+        paths.append(base.with_suffix(".png"))
+        plot(report, paths[-1])
+    readme = out_dir / "README.md"
+    if "md" in formats and readme.is_file() and INDEX_MARKER in readme.read_text():
+        links = " · ".join(f"[{p.suffix[1:]}]({p.name})" for p in paths)
+        head = max((r for r in report["rows"] if r.get("value")), key=lambda r: r["value"], default=None)
+        best = f"{head['key']}: {head['value']:.4g} {head.get('metric', '')}" if head else "-"
+        with readme.open("a") as f:
+            f.write(f"| {report['created'][:10]} | {report['suite']} | {report['device_slug']} | "
+                    f"{report.get('label') or '-'} | {best} | {links} |\n")
+    return paths
+
+
+def load(path: str) -> dict:
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable bench report: {exc}") from None
+    if not isinstance(report, dict) or report.get("schema") != SCHEMA:
+        raise UserError(f"{path}: not a bench report of schema {SCHEMA!r}")
+    return report
+
+
+def compare(a: dict, b: dict, threshold: float) -> tuple[list[str], list[str]]:
+    """(lines, regressions): B against A row by row; a regression is a row of B worse than A by more than
+    `threshold` (relative)."""
+    if a["suite"] != b["suite"]:
+        raise UserError(f"cannot compare a {a['suite']} report with a {b['suite']} report")
+    rows_b = {r["key"]: r for r in b["rows"]}
+    lines = [f"{'row':40s} {'A':>12s} {'B':>12s} {'B/A':>7s}"]
+    regressions = []
+    for ra in a["rows"]:
+        rb = rows_b.get(ra["key"])
+        if rb is None or not ra.get("value") or not rb.get("value"):
+            lines.append(f"{ra['key']:40s} {'(not in both)':>33s}")
+            continue
+        ratio = rb["value"] / ra["value"]
+        worse = ratio < 1 - threshold if ra.get("higher_is_better", True) else ratio > 1 + threshold
+        flag = "  REGRESSION" if worse else ""
+        lines.append(f"{ra['key']:40s} {ra['value']:12.4g} {rb['value']:12.4g} {ratio:7.3f}{flag}")
+        if worse:
+            regressions.append(ra["key"])
+    return lines, regressions
