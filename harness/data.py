@@ -97,9 +97,8 @@ class RunData:
         if loader is None:
             loader = self._loaders["train", micro_batch] = build_loader(
                 self.backend, self.train_set, self.device, batch_size=micro_batch, seed=self.cfg.train.seed,
-                epoch=epoch,
-                rank=self.rank, world_size=self.world_size, num_workers=self.cfg.data.num_workers, shuffle=True,
-                drop_last=True, persistent_workers=True, keep_empty=self.world_size > 1)
+                epoch=epoch, rank=self.rank, world_size=self.world_size, num_workers=self.cfg.data.num_workers,
+                shuffle=True, drop_last=True, persistent_workers=True, keep_empty=self.world_size > 1)
         loader.set_epoch(epoch, start_batch)
         return loader
 
