@@ -34,9 +34,9 @@ def run(args) -> int:
     from data_pipelines.loaders.cpu import warp_crop
     from data_pipelines.registry import skeleton_for
     from harness import checkpoint as ckpt
+    from harness.build import build_generator
     from harness.config import config_from_dict
     from harness.evaluate import predict_original
-    from harness.trainer import build_generator
 
     state = ckpt.load(args.checkpoint)
     cfg = config_from_dict(state["config"], where=args.checkpoint)
