@@ -150,6 +150,7 @@ class SamplePlan:
     target_weight float32 [J]     models.heatmap.target_weight: 1 for an annotated joint whose heatmap
                                   position is within 3 sigma of the grid
     color         float32 [3]     brightness, contrast, saturation factors (1 = unchanged)
+    params        SampleParams    the draws the plan was made from
     """
 
     affine: np.ndarray
