@@ -41,7 +41,7 @@ def plot(report: dict, path: Path) -> None:
         _bars(axes[0], rows, "samples/s")
         timed = [r for r in rows if r.get("per_core")]
         axes[1].barh([r["key"] for r in timed], [r["per_core"] for r in timed], color="tab:green")
-        axes[1].set_xlabel("samples/s per core")
+        axes[1].set_xlabel("samples per CPU-second (per core)")
         axes[1].invert_yaxis()
     elif suite == "kernels":
         timed = [r for r in rows if r.get("timed")]
