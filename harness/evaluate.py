@@ -16,7 +16,7 @@ from data_pipelines.records import NOT_ANNOTATED, PoseRecord
 from data_pipelines.skeletons import Skeleton
 from harness import coco_eval, metrics
 from harness.precision import autocast, param_dtype
-from models.heatmap import decode_heatmaps, flip_merge, heatmap_to_input, to_original
+from models.heatmap import decode_flip_merged, decode_heatmaps, flip_merge, heatmap_to_input, to_original
 
 # Which official protocol scores which dataset: LSP-layout data (LSP, synthetic) use PCK@0.2 with the
 # torso; MPII uses PCKh with head boxes (falls back to PCK@0.2-style torso scoring without them); COCO uses
@@ -24,26 +24,33 @@ from models.heatmap import decode_heatmaps, flip_merge, heatmap_to_input, to_ori
 PROTOCOL_OF = {"lsp": "lsp", "synthetic": "lsp", "mpii": "mpii", "coco": "coco"}
 
 
+def _forward(generator: torch.nn.Module, images: torch.Tensor, flip: bool, precision: str
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Last-stack heatmaps of the images and, for the flip test, of their mirror images (float32)."""
+    images = images.to(param_dtype(precision))
+    with autocast(images.device, precision):
+        heatmaps = generator(images)[-1].float()
+        flipped = generator(images.flip(-1))[-1].float() if flip else None
+    return heatmaps, flipped
+
+
 @torch.no_grad()
 def predict_heatmaps(generator: torch.nn.Module, images: torch.Tensor, flip_index: list[int] | None,
                      precision: str = "fp32") -> torch.Tensor:
     """Last-stack heatmaps [B, J, h, w] in float32; averaged with the flipped input's when flip_index."""
-    images = images.to(param_dtype(precision))
-    with autocast(images.device, precision):
-        heatmaps = generator(images)[-1].float()
-        if flip_index is not None:
-            flipped = generator(images.flip(-1))[-1].float()
-            heatmaps = flip_merge(heatmaps, flipped, flip_index)
-    return heatmaps
+    heatmaps, flipped = _forward(generator, images, flip_index is not None, precision)
+    return heatmaps if flipped is None else flip_merge(heatmaps, flipped, flip_index)
 
 
 @torch.no_grad()
 def predict_original(generator: torch.nn.Module, images: torch.Tensor, affine: torch.Tensor,
                      flip_index: list[int] | None, precision: str = "fp32"
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keypoints in original-image pixels [B, J, 2] (0-based pixel centres) and confidences [B, J]."""
-    heatmaps = predict_heatmaps(generator, images, flip_index, precision)
-    coords, confidence = decode_heatmaps(heatmaps)
+    """Keypoints in original-image pixels [B, J, 2] (0-based pixel centres) and confidences [B, J]. With the
+    flip test, merge and decode run as one fused kernel on a GPU (models.heatmap.decode_flip_merged)."""
+    heatmaps, flipped = _forward(generator, images, flip_index is not None, precision)
+    coords, confidence = (decode_heatmaps(heatmaps) if flipped is None
+                          else decode_flip_merged(heatmaps, flipped, flip_index))
     stride = images.shape[-1] / heatmaps.shape[-1]
     return to_original(heatmap_to_input(coords, stride), affine.to(coords.device)), confidence
 
