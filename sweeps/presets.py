@@ -34,6 +34,8 @@ class SweepPreset:
     base_overrides: tuple[str, ...] = ()  # applied before the user's overrides
     seeds: int = 3
     paper: str = ""  # the papers' numbers or findings for this ablation, in words
+    paper_values: dict[str, float] = field(default_factory=dict)  # point -> the paper's number for it
+    paper_metric: str = ""  # what paper_values are (dataset, metric)
 
 
 def _grid(stacks: list[int], variants: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
@@ -78,7 +80,9 @@ PRESETS: dict[str, SweepPreset] = {p.name: p for p in [
         comparisons=_pairs([2, 4], "cgan", "none"),
         paper="Thesis Table 6.1, MPII validation PCKh@0.5: 4-stack 90.9 -> 91.3 with the adversary "
               "(+0.4), 2-stack 88.3 -> 87.8 (-0.5). Those are MPII numbers; this preset runs LSP "
-              "unless data.* overrides select MPII."),
+              "unless data.* overrides select MPII.",
+        paper_values={"g2-none": 88.3, "g2-cgan": 87.8, "g4-none": 90.9, "g4-cgan": 91.3},
+        paper_metric="thesis Table 6.1, MPII val PCKh@0.5"),
     SweepPreset(
         "thesis-alpha", "Thesis: cGAN loss weight alpha in {1/270, 1/200, 1/110}, 4-stack G", "lsp-cgan-4s",
         {f"alpha-{k.replace('/', 'over')}": (f"adversarial.cgan.alpha={v!r}",) for k, v in ALPHAS.items()},

@@ -51,9 +51,14 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
     for a, b in preset.comparisons:
         diff = paired_difference(scores[a], scores[b])
         comparisons.append({"point": a, "baseline": b, "difference": diff.to_json() if diff else None})
+    for point, value in preset.paper_values.items():
+        points[point]["paper"] = value
+    for c in comparisons:
+        if c["point"] in preset.paper_values and c["baseline"] in preset.paper_values:
+            c["paper"] = round(preset.paper_values[c["point"]] - preset.paper_values[c["baseline"]], 6)
     return {"preset": preset.name, "description": preset.description, "metric": data["metric"],
             "overrides": manifest["overrides"], "seeds": manifest["seeds"], "points": points,
-            "comparisons": comparisons, "paper": preset.paper,
+            "comparisons": comparisons, "paper": preset.paper, "paper_metric": preset.paper_metric,
             "missing": [f"{p}-seed{s}" for p in manifest["points"] for s in range(manifest["seeds"])
                         if s not in scores[p]]}
 
@@ -68,19 +73,24 @@ def _fmt(est: dict | None) -> str:
 
 def markdown(summary: dict[str, Any], png_names: list[str]) -> str:
     metric = summary["metric"] or "score"
+    paper_head = f" paper ({summary['paper_metric']}) |" if summary["paper_metric"] else ""
+    paper_rule = "---|" if paper_head else ""
     lines = [f"# Sweep `{summary['preset']}`", "", summary["description"], "",
              f"Metric: held-out {metric} (%), final step of each run; mean ± 95% CI over seeds "
              f"(Student t, n-1 degrees of freedom). Seeds asked for: {summary['seeds']}. "
              f"User overrides: {' '.join(summary['overrides']) or 'none'}.", "",
-             "| point | mean ± 95% CI | per seed |", "|---|---|---|"]
+             "| point | mean ± 95% CI | per seed |" + paper_head, "|---|---|---|" + paper_rule]
     for point, entry in summary["points"].items():
         per_seed = ", ".join(f"{v:.2f}" for v in entry["seeds"].values()) or "-"
-        lines.append(f"| `{point}` | {_fmt(entry.get('estimate'))} | {per_seed} |")
+        paper = f" {entry['paper']:.1f} |" if "paper" in entry else " - |"
+        lines.append(f"| `{point}` | {_fmt(entry.get('estimate'))} | {per_seed} |" + (paper if paper_head else ""))
     if summary["comparisons"]:
         lines += ["", "Paired differences (point - baseline, same seeds):", "",
-                  "| point | baseline | difference ± 95% CI |", "|---|---|---|"]
+                  "| point | baseline | difference ± 95% CI |" + paper_head, "|---|---|---|" + paper_rule]
         for c in summary["comparisons"]:
-            lines.append(f"| `{c['point']}` | `{c['baseline']}` | {_fmt(c['difference'])} |")
+            paper = f" {c['paper']:+.1f} |" if "paper" in c else " - |"
+            lines.append(f"| `{c['point']}` | `{c['baseline']}` | {_fmt(c['difference'])} |"
+                         + (paper if paper_head else ""))
     if summary["paper"]:
         lines += ["", f"Papers: {summary['paper']}"]
     if summary["missing"]:

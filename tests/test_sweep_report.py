@@ -130,3 +130,14 @@ def test_report_cli_and_errors(tmp_path, capsys):
     assert main(["sweep", "report", str(tmp_path)]) == 2
     assert "is not a sweep directory" in capsys.readouterr().err
     assert main(["sweep"]) == 2
+
+
+def test_report_puts_the_thesis_numbers_beside_ours(tmp_path):
+    points = get_preset("thesis-table6-1").points
+    exp = _fake_sweep(tmp_path, "thesis-table6-1-tiny", {p: [50.0, 52.0] for p in points})
+    report = json.loads(write_report(exp)["json"].read_text())
+    assert report["points"]["g4-cgan"]["paper"] == 91.3 and report["points"]["g2-none"]["paper"] == 88.3
+    comp = {c["point"]: c for c in report["comparisons"]}
+    assert comp["g4-cgan"]["paper"] == pytest.approx(0.4) and comp["g2-cgan"]["paper"] == pytest.approx(-0.5)
+    md = (exp / "report.md").read_text()
+    assert "| `g4-cgan` | 51.00 ± 12.71 | 50.00, 52.00 | 91.3 |" in md and "| +0.4 |" in md
