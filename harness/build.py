@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from data_pipelines.errors import UserError
 from harness.config import Config
 from harness.distributed import Runtime
 from harness.optim import build_optimizer
@@ -14,7 +15,7 @@ from harness.precision import param_dtype
 from harness.step import Model
 from models.discriminator import PoseDiscriminator
 from models.hourglass import StackedHourglass
-from models.sync_batchnorm import convert_sync_batchnorm
+from models.sync_batchnorm import CrossRankBatchNorm2d, convert_sync_batchnorm
 
 
 def build_generator(cfg: Config, num_joints: int) -> StackedHourglass:
@@ -53,10 +54,28 @@ def build_models(cfg: Config, num_joints: int, rt: Runtime) -> tuple[nn.Module, 
     return g, d
 
 
+def ddp_keeps_buffer_versions() -> bool:
+    """Whether this torch's DDP broadcasts buffers without bumping their autograd version counters
+    (pytorch/pytorch#175851, Feb 2026; present in torch 2.13). Without it, a module with plain BatchNorm
+    that DDP runs twice before one backward (D on real and on fake) fails in cuDNN's BatchNorm backward with
+    "modified by an inplace operation" on every rank but 0 (pytorch/pytorch#175024)."""
+    import inspect
+
+    return "_unsafe_preserve_version_counter" in inspect.getsource(nn.parallel.DistributedDataParallel._sync_buffers)
+
+
 def _ddp(module: nn.Module, rt: Runtime) -> nn.Module:
-    # Buffers (BatchNorm running stats) are broadcast from rank 0 at every forward: DDP's default.
+    """DDP. Synchronised BatchNorm (torch's SyncBatchNorm, CrossRankBatchNorm2d) gives every rank the same
+    running statistics, so no buffer broadcast (three per micro-batch for D). Plain BatchNorm: rank 0's
+    buffers are broadcast at every forward (DDP's default), which needs a torch with #175851 on CUDA."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    synced = bool(bns) and all(isinstance(m, (nn.SyncBatchNorm, CrossRankBatchNorm2d)) for m in bns)
+    if bns and not synced and rt.device.type == "cuda" and not ddp_keeps_buffer_versions():
+        raise UserError(f"torch {torch.__version__}: DDP's buffer broadcast breaks plain BatchNorm when D runs "
+                        f"twice per step (pytorch/pytorch#175024, fixed by #175851 as in torch 2.13): install "
+                        f"torch>=2.13 (scripts/setup.sh) or set distributed.sync_batchnorm=true")
     return nn.parallel.DistributedDataParallel(module, device_ids=[rt.device.index] if rt.device.type == "cuda"
-                                               else None)
+                                               else None, forward_sync_buffers=not synced)
 
 
 def wrap_models(cfg: Config, rt: Runtime, g: nn.Module, d: nn.Module | None,

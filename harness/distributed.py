@@ -66,7 +66,41 @@ class Runtime:
                 dist.destroy_process_group()
 
 
+def expand_hostlist(hostlist: str) -> list[str]:
+    """SLURM's compressed host list as host names, in order: `node[1-2]` -> node1, node2;
+    `a[01-03,7],b5` -> a01, a02, a03, a7, b5; `r[1-2]-n[1-2]` -> r1-n1, r1-n2, r2-n1, r2-n2 (what
+    `scontrol show hostnames` prints). A malformed list is a UserError naming it."""
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(hostlist):
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if depth not in (0, 1):
+            raise UserError(f"SLURM host list {hostlist!r}: unbalanced brackets")
+        if ch == "," and depth == 0:
+            items.append(hostlist[start:i])
+            start = i + 1
+    if depth:
+        raise UserError(f"SLURM host list {hostlist!r}: unbalanced brackets")
+    items.append(hostlist[start:])
+    return [host for item in items if item.strip() for host in _expand_item(item.strip(), hostlist)]
+
+
+def _expand_item(item: str, whole: str) -> list[str]:
+    if "[" not in item:
+        return [item]
+    prefix, rest = item.split("[", 1)
+    ranges, suffix = rest.split("]", 1)
+    names = []
+    for part in ranges.split(","):
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()) or (hi and int(hi) < int(lo)):
+            raise UserError(f"SLURM host list {whole!r}: bad range {part!r} in [{ranges}]")
+        names += [f"{n:0{len(lo)}d}" for n in range(int(lo), int(hi or lo) + 1)]
+    return [prefix + n + tail for n in names for tail in _expand_item(suffix, whole)]
+
+
 def _slurm_master_addr() -> str:
+    """The first host of the job (rank 0 runs there under plain srun): `scontrol show hostnames`, or the
+    host list parsed here where scontrol is not on PATH."""
     nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
     if not nodelist:
         return "127.0.0.1"
@@ -75,7 +109,7 @@ def _slurm_master_addr() -> str:
                              check=True, timeout=30).stdout.split()
         return out[0]
     except (OSError, subprocess.SubprocessError, IndexError):
-        return nodelist.split(",")[0]
+        return expand_hostlist(nodelist)[0]
 
 
 def launch_env() -> tuple[int, int, int]:
@@ -92,14 +126,42 @@ def launch_env() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
-def init_runtime(device: str = "auto", backend: str = "auto", timeout_s: int = 600) -> Runtime:
-    rank, world, local_rank = launch_env()
+def resolve_device(device: str) -> str:
+    """train.device as the run uses it: "cuda" or "cpu" (auto: CUDA when torch sees a GPU)."""
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def cuda_index(local_rank: int, plain_srun: bool) -> int:
+    """The GPU of this process: its local rank among the GPUs it sees. Plain srun with one GPU per task
+    (`--gpus-per-task=1`: Slurm shows each task only its own GPU) uses that one GPU. Any other local rank
+    beyond the visible GPUs is refused: wrapping it round would put two ranks on one GPU (NCCL: "Duplicate
+    GPU detected") or hide a launcher that sees fewer GPUs than it starts processes."""
+    count = torch.cuda.device_count()
+    if local_rank < count:
+        return local_rank
+    if plain_srun and count == 1:
+        return 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    raise UserError(
+        f"local rank {local_rank} needs GPU {local_rank} but this process sees {count} GPU(s) "
+        f"(CUDA_VISIBLE_DEVICES={'unset' if visible is None else repr(visible)}): start at most {count} "
+        f"process(es) per node (torchrun --nproc-per-node, SATPOSE_NPROC_PER_NODE), or give the launcher all "
+        f"of the node's GPUs (slurm/train.sh: sbatch --gpus-per-node=N, not --gpus-per-task=1)")
+
+
+def init_runtime(device: str = "auto", backend: str = "auto", timeout_s: int = 600) -> Runtime:
+    plain_srun = "LOCAL_RANK" not in os.environ and "SLURM_PROCID" in os.environ
+    rank, world, local_rank = launch_env()
+    device = resolve_device(device)
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise UserError("train.device=cuda but no CUDA device is visible")
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+            raise UserError("train.device=cuda but no CUDA device is visible (torch "
+                            f"{torch.__version__}, CUDA_VISIBLE_DEVICES="
+                            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')!r}); add train.device=cpu to run "
+                            "on the CPU")
+        torch.cuda.set_device(cuda_index(local_rank, plain_srun))
         dev = torch.device("cuda", torch.cuda.current_device())
     else:
         dev = torch.device("cpu")
@@ -134,3 +196,61 @@ def restart_safe_store(world: int, timeout: datetime.timedelta) -> dist.Store | 
         return None
     store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), world, is_master=False, timeout=timeout)
     return dist.PrefixStore(f"satpose/attempt_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
+# BatchNorm statistics over fewer samples than this per process are noisy enough to change the model
+# (Wu & He, "Group Normalization", ECCV 2018, Fig. 1: BN's error grows quickly below 8 images per GPU);
+# a data-parallel run with plain BatchNorm then trains a different model from the one-process recipe.
+SMALL_BN_BATCH = 8
+
+
+def _nvidia_smi_gpus() -> int:
+    """GPUs the driver lists (0 without nvidia-smi): what a node has, whatever this process may use."""
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU") for line in out.splitlines())
+
+
+def _slurm_gpus() -> str | None:
+    """The GPUs Slurm allocated to this job or step, if any (SLURM_STEP_GPUS, SLURM_JOB_GPUS,
+    SLURM_GPUS_ON_NODE)."""
+    env = os.environ
+    for key in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS"):
+        if env.get(key):
+            return f"{key}={env[key]}"
+    if env.get("SLURM_GPUS_ON_NODE", "0").isdigit() and int(env.get("SLURM_GPUS_ON_NODE", "0")) > 0:
+        return f"SLURM_GPUS_ON_NODE={env['SLURM_GPUS_ON_NODE']}"
+    return None
+
+
+def device_notes(requested: str, rt: Runtime, micro_batch: int, sync_batchnorm: bool) -> list[str]:
+    """What a run says about its device at start: one line naming it, and warnings for a run that would
+    otherwise go silently wrong: `train.device=auto` ending on the CPU where GPUs exist (a CPU-only torch on
+    a GPU node, GPUs hidden from this process), and per-process BatchNorm over a small batch."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if rt.device.type == "cuda":
+        where = (f"{rt.device} ({torch.cuda.get_device_name(rt.device)}; {torch.cuda.device_count()} GPU(s) "
+                 f"visible, CUDA_VISIBLE_DEVICES={'unset' if visible is None else repr(visible)})")
+    else:
+        where = f"cpu ({torch.get_num_threads()} torch thread(s) per process)"
+    notes = [f"device: {where}, {rt.world_size} process(es), backend {rt.backend or 'none'} "
+             f"(train.device={requested})"]
+    if requested == "auto" and rt.device.type == "cpu":
+        reasons = []
+        if (slurm := _slurm_gpus()) is not None:
+            reasons.append(f"Slurm allocated GPUs ({slurm})")
+        if visible != "" and (n := _nvidia_smi_gpus()):  # CUDA_VISIBLE_DEVICES="" hides them on purpose
+            reasons.append(f"nvidia-smi lists {n} GPU(s)")
+        if reasons:
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            notes.append(f"warning: train.device=auto is training on the CPU although {' and '.join(reasons)}; "
+                         f"torch {torch.__version__} ({build}) sees no usable GPU. Set train.device=cuda to make "
+                         f"this an error, or train.device=cpu to mean it")
+    if rt.distributed and not sync_batchnorm and micro_batch < SMALL_BN_BATCH:
+        notes.append(f"warning: BatchNorm statistics over {micro_batch} sample(s) per process (batch split over "
+                     f"{rt.world_size} processes; fewer than {SMALL_BN_BATCH}): this trains a different, noisier "
+                     f"model than one process with the whole batch. Set distributed.sync_batchnorm=true for "
+                     f"statistics over the global batch (docs/gpu.md)")
+    return notes

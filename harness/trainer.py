@@ -25,7 +25,7 @@ from harness import metrics
 from harness.build import build_models, wrap_models
 from harness.config import Config
 from harness.data import RunData
-from harness.distributed import Runtime, init_runtime
+from harness.distributed import Runtime, device_notes, init_runtime
 from harness.evaluate import PROTOCOL_OF
 from harness.objectives import build_objective
 from harness.optim import set_lr
@@ -56,6 +56,8 @@ class Trainer:
                             f"({self.rt.world_size} x {t.grad_accum})")
         self.micro_batch = t.batch_size // per_step
         self.sinks = sinks if sinks is not None else build_sinks(cfg, self.rt.rank, self.run_dir, interactive)
+        for note in device_notes(t.device, self.rt, self.micro_batch, cfg.distributed.sync_batchnorm):
+            self.sinks.info(note)  # the device in use; CPU fallback beside GPUs; small per-process BatchNorm
         self.data = RunData(cfg, self.rt.rank, self.rt.world_size)
         self.generator, self.discriminator = build_models(cfg, self.data.skeleton.num_joints, self.rt)
         self.g, self.d = wrap_models(cfg, self.rt, self.generator, self.discriminator, self.micro_batch)
