@@ -25,7 +25,7 @@ def _bars(ax, rows, label: str) -> None:
 def _latency(ax, rows, key: str = "latencies_ms") -> None:
     rows = [r for r in rows if r.get(key)]
     if rows:
-        ax.boxplot([r[key] for r in rows], vert=False, whis=(1, 99))
+        ax.boxplot([r[key] for r in rows], orientation="horizontal", whis=(1, 99))
         ax.set_yticks(range(1, len(rows) + 1), [r["key"] for r in rows])
         ax.invert_yaxis()
     ax.set_xlabel("latency, ms (whiskers p1-p99)")
