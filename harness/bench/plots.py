@@ -38,10 +38,10 @@ def plot(report: dict, path: Path) -> None:
         _bars(axes[0], rows, "images/s (median over repeats; bars: min-max)")
         _latency(axes[1], rows)
     elif suite == "data":
-        _bars(axes[0], rows, "samples/s")
-        timed = [r for r in rows if r.get("per_core")]
-        axes[1].barh([r["key"] for r in timed], [r["per_core"] for r in timed], color="tab:green")
-        axes[1].set_xlabel("samples per CPU-second (per core)")
+        _bars(axes[0], rows, "samples per CPU-second (per core)")
+        timed = [r for r in rows if r.get("wall_per_s")]
+        axes[1].barh([r["key"] for r in timed], [r["wall_per_s"] for r in timed], color="tab:green")
+        axes[1].set_xlabel("samples/s (wall clock)")
         axes[1].invert_yaxis()
     elif suite == "kernels":
         timed = [r for r in rows if r.get("timed")]

@@ -47,8 +47,8 @@ COLUMNS: dict[str, list[Column]] = {
               ("flip", lambda r: "yes" if r["flip"] else "no"), ("img/s (min-max)", _spread),
               ("x first", lambda r: _f(r.get("ratio"), "{:.2f}")), ("batch ms p50/p90/p99", _lat),
               ("warm-up s", lambda r: _f(r.get("warmup_s")))],
-    "data": [("variant", lambda r: r["key"]), ("samples/s (wall)", lambda r: _f(r["value"])),
-             ("samples per CPU-second", lambda r: _f(r.get("per_core"))),
+    "data": [("variant", lambda r: r["key"]), ("samples per CPU-second", lambda r: _f(r["value"])),
+             ("samples/s (wall)", lambda r: _f(r.get("wall_per_s"))),
              ("% of decode+warp per core", lambda r: _f(r.get("of_ceiling"), "{:.0%}"))],
     "kernels": [("op", lambda r: r["op"]), ("backend", lambda r: r["backend"]),
                 ("ms", lambda r: _f(r["value"], "{:.4f}") if r.get("timed") else "not timed"),
@@ -121,7 +121,9 @@ def write(report: dict, out_dir: Path, formats: tuple[str, ...] = ("json", "md",
     readme = out_dir / "README.md"
     if "md" in formats and readme.is_file() and INDEX_MARKER in readme.read_text():
         links = " · ".join(f"[{p.suffix[1:]}]({p.name})" for p in paths)
-        head = max((r for r in report["rows"] if r.get("value")), key=lambda r: r["value"], default=None)
+        rows = [r for r in report["rows"] if r.get("value")]
+        head = (max if rows and rows[0].get("higher_is_better", True) else min)(rows, key=lambda r: r["value"],
+                                                                               default=None)
         best = f"{head['key']}: {head['value']:.4g} {head.get('metric', '')}" if head else "-"
         with readme.open("a") as f:
             f.write(f"| {report['created'][:10]} | {report['suite']} | {report['device_slug']} | "

@@ -2,11 +2,11 @@
 
 The torch CPU loader with each worker count, beside the decode-only and decode+warp ceilings and the per-batch
 device step on this CPU, measured in interleaved rounds on the same records by
-data_pipelines.throughput.measure (single-threaded torch and OpenCV; per core = samples per CPU second of the
-process and its workers, what a shared machine disturbs least; samples/s = wall clock). Then, when DALI is
-installed, its loader (CPU mode; and the GPU where there is one) over the same records, timed by
-data_pipelines.loaders.dali.images_per_second after those rounds (not interleaved with them): per core the
-same way.
+data_pipelines.throughput.measure (single-threaded torch and OpenCV). A row's value is per core: samples per
+CPU second of the process and its workers, what a shared machine disturbs least; samples/s (wall clock) beside
+it. Then, when DALI is installed, its loader (CPU mode; and the GPU where there is one) over the same records,
+timed by data_pipelines.loaders.dali.images_per_second after those rounds (not interleaved with them), per
+core the same way.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ def run(v: Variant, workers: list[int], samples: int, repeats: int) -> dict:
     bs = cfg.train.batch_size
     res = throughput.measure(records, workers, repeats, bs, c.input_size, c.heatmap_size, c.sigma, skeleton)
     ceiling = res["decode+warp"]["per_core"]
-    rows = [{"key": name, "metric": "samples/s", "higher_is_better": True, "value": r["wall_per_s"],
-             "per_core": r["per_core"], "of_ceiling": r["of_ceiling"], "rounds": r["rounds"]}
+    rows = [{"key": name, "metric": "samples per CPU-second", "higher_is_better": True, "value": r["per_core"],
+             "per_core": r["per_core"], "wall_per_s": r["wall_per_s"], "of_ceiling": r["of_ceiling"],
+             "rounds": r["rounds"]}
             for name, r in res.items()]
     notes = [f"{len(records)} {c.name} training records from {c.root}, batch {bs}, crops {c.input_size} px, "
              f"default augmentation; {repeats} interleaved rounds, medians"]
@@ -47,8 +48,8 @@ def run(v: Variant, workers: list[int], samples: int, repeats: int) -> dict:
                 runs.append(images_per_second(loader, len(loader) - 1, warmup=1))
             ips = statistics.median(x["images_per_s"] for x in runs)
             per_core = 1 / statistics.median(x["cpu_s_per_image"] for x in runs)
-            rows.append({"key": f"dali {dev} ({max(1, *workers)} py workers)", "metric": "samples/s",
-                         "higher_is_better": True, "value": ips, "per_core": per_core,
+            rows.append({"key": f"dali {dev} ({max(1, *workers)} py workers)", "metric": "samples per CPU-second",
+                         "higher_is_better": True, "value": per_core, "per_core": per_core, "wall_per_s": ips,
                          "of_ceiling": per_core / ceiling, "rounds": [x["images_per_s"] for x in runs]})
         notes.append("DALI rows: measured after the interleaved rounds, not between them")
     else:

@@ -23,7 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from data_pipelines.errors import UserError
-from harness.bench.peaks import peak
+from harness.bench.peaks import peak, sample_cpu_peak
 from harness.bench.timing import StepClock, interleave, percentiles, spread, sync
 from harness.bench.variants import Variant
 from harness.build import build_models, wrap_models
@@ -143,6 +143,8 @@ def run(variants: list[Variant], steps: int, warmup: int, repeats: int, input_mo
         def timed(_repeat: int) -> dict:
             if rt.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(rt.device)
+            else:  # the CPU's matmul peak, sampled between blocks: its best moment is the run's peak
+                sample_cpu_peak(torch.bfloat16 if r.cfg.train.precision == "bf16" else torch.float32)
             rt.barrier()
             clock, wait, images = StepClock(rt.device), 0.0, 0
             t0 = time.perf_counter()
