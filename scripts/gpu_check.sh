@@ -113,9 +113,9 @@ else
 fi
 NOTE="scripts/gpu_check.sh$( [ "$DRY" = 1 ] && echo ' --dry (CPU rehearsal at tiny sizes: not a measurement)' )"
 bench() {  # NAME TIMEOUT ARGS...: one suite, its report's files listed
-  local name=$1 limit=$2; shift 2
+  local name=$1 limit=$2 t0=$SECONDS; shift 2
   if timeout "$limit" "$PY" -m harness bench "$@" --out "$OUT" --note "$NOTE" > "/tmp/gpu_check_$name.log" 2>&1; then
-    say PASS "bench $name" "$(grep '^wrote' "/tmp/gpu_check_$name.log" | sed 's/^wrote //' | tr '\n' ' ')"
+    say PASS "bench $name" "$((SECONDS - t0)) s; $(grep '^wrote' "/tmp/gpu_check_$name.log" | sed 's/^wrote //' | tr '\n' ' ')"
   else
     say FAIL "bench $name" "exit $? (timeout ${limit}s); log: /tmp/gpu_check_$name.log: $(tail -2 "/tmp/gpu_check_$name.log" | tr '\n' ' ')"
   fi
@@ -139,5 +139,5 @@ EOF2
 fi
 
 echo "---"
-echo "gpu_check: $FAILS failed; skipped: $( [ ${#SKIPS[@]} -gt 0 ] && printf '%s; ' "${SKIPS[@]}" || echo nothing)"
+echo "gpu_check: $SECONDS s, $FAILS failed; skipped: $( [ ${#SKIPS[@]} -gt 0 ] && printf '%s; ' "${SKIPS[@]}" || echo nothing)"
 exit "$FAILS"

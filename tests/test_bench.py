@@ -220,5 +220,5 @@ def test_gpu_check_dry_mode(tmp_path):
                  "checkpoint round trip", "deterministic", "gloo all_reduce", "batchnorm CrossRankBatchNorm2d",
                  "bench train", "bench infer", "bench kernels", "kernel decode"):
         assert f"PASS {name}" in out or f"PASS [rank 0] {name}" in out, (name, out[-4000:])
-    assert "SKIP step sat fp16" in out and "gpu_check: 0 failed" in out
+    assert "SKIP step sat fp16" in out and " s, 0 failed;" in out
     assert {p.name.split("_")[1] for p in tmp_path.glob("*.json")} == {"train", "infer", "kernels"}

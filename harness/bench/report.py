@@ -35,7 +35,8 @@ def _spread(row, key: str = "images_per_s") -> str:
 Column = tuple[str, Callable[[dict], str]]
 COLUMNS: dict[str, list[Column]] = {
     "train": [("variant", lambda r: r["variant"] + (f" ({r['note']})" if r.get("note") else "")),
-              ("img/s (min-max)", _spread), ("compute img/s", lambda r: _spread(r, "compute_images_per_s")),
+              ("img/s (min-max)", _spread), ("img/s/dev", lambda r: _f(r.get("images_per_s_per_device"))),
+              ("compute img/s", lambda r: _spread(r, "compute_images_per_s")),
               ("x first", lambda r: _f(r.get("ratio"), "{:.2f}")),
               ("step ms p50/p90/p99", _lat), ("data wait", lambda r: _f(r.get("data_wait_share"), "{:.0%}")),
               ("GFLOP/img", lambda r: _f(r.get("flops_per_image") and r["flops_per_image"] / 1e9)),
