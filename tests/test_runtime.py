@@ -243,3 +243,21 @@ def test_ddp_buffer_broadcast_only_for_plain_batchnorm(monkeypatch):
     gpu = distributed.Runtime(0, 2, 0, torch.device("cuda", 0), "nccl")
     with pytest.raises(UserError, match=r"install torch>=2.13 .* or set distributed.sync_batchnorm=true"):
         build._ddp(plain, gpu)
+
+
+# -- presets: paper-scale ones require CUDA; the 8-GPU recipes split evenly --------------------------------
+def test_paper_presets_require_cuda_and_the_quickstart_does_not(clean_env):
+    from harness.config import load_config, preset_names
+
+    presets = {name: load_config(name, None, []) for name in preset_names()}
+    assert presets["quickstart"].train.device == "auto"
+    assert {n for n, c in presets.items() if c.train.device == "cuda"} == set(presets) - {"quickstart"}
+    clean_env.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match=r"train.device=cuda but no CUDA device is visible .*add train.device=cpu"):
+        distributed.init_runtime(presets["lsp-sat-4s"].train.device)
+    for name in ("lsp-sat-4s-8gpu", "mpii-sat-4s-8gpu"):
+        eight, one = presets[name].train, presets[name.removesuffix("-8gpu")].train
+        assert eight.batch_size == 8 * one.batch_size and eight.max_steps * 8 == one.max_steps
+        for opt in ("generator", "discriminator"):
+            ratio = getattr(eight, opt).lr / getattr(one, opt).lr
+            assert ratio == pytest.approx(8 ** 0.5, rel=2e-3), (name, opt, ratio)

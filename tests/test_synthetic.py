@@ -1,5 +1,6 @@
 """The procedural stick-people generator: determinism, geometry (angle limits, joints on the image, crop),
-visibility of occluded joints (geometry and pixels), colour families, previews, speed (reported only).
+visibility of occluded joints (geometry and pixels), colour families, previews. (Render speed:
+`python tests/test_synthetic.py`, a benchmark outside the suite.)
 
 Reference computations here are written independently of the generator: angles are recovered from the
 joints with atan2, point-in-polygon is a plain ray-casting loop.
@@ -303,9 +304,10 @@ def test_save_previews(tmp_path):
     np.testing.assert_array_equal(left, p.render(0))  # PNG is lossless; RGB order kept
 
 
-def test_render_speed_is_reported(capsys):
-    """Measured and printed, not asserted (shared CPUs)."""
-    p = SyntheticPeople(seed=0, size=50, image_size=256)
+def render_speed(size: int = 50) -> tuple[float, float]:
+    """A benchmark, not a test (it asserts nothing, so pytest does not collect it): milliseconds per 256-px
+    render and per record. Run by hand: `python tests/test_synthetic.py`."""
+    p = SyntheticPeople(seed=0, size=size, image_size=256)
     p.render(0)
     t0 = time.perf_counter()
     for i in p.indices:
@@ -314,5 +316,9 @@ def test_render_speed_is_reported(capsys):
     t0 = time.perf_counter()
     p.records()
     record_ms = (time.perf_counter() - t0) / len(p) * 1e3
-    with capsys.disabled():
-        print(f"\nsynthetic 256 px: render {render_ms:.2f} ms/image, record {record_ms:.3f} ms/record")
+    return render_ms, record_ms
+
+
+if __name__ == "__main__":
+    render_ms, record_ms = render_speed()
+    print(f"synthetic 256 px: render {render_ms:.2f} ms/image, record {record_ms:.3f} ms/record")
