@@ -11,6 +11,7 @@ import datetime
 import os
 import subprocess
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -25,6 +26,9 @@ class Runtime:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     backend: str | None = None  # None: no process group
+    # A gloo group for host-side consensus (preemption, empty batches) next to an NCCL group: a flag agreed on
+    # through NCCL is a device tensor, and reading it back would make the host wait for the GPU's queue.
+    control: Any = None
 
     @property
     def is_main(self) -> bool:
@@ -50,8 +54,12 @@ class Runtime:
         """True on every rank if it is true on any rank (rank-consensus decisions, e.g. preemption)."""
         if not self.distributed:
             return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        if self.control is not None:
+            t = torch.tensor([1.0 if flag else 0.0])
+            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.control)
+        else:
+            t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
     def shutdown(self, clean: bool = True) -> None:
@@ -179,7 +187,8 @@ def init_runtime(device: str = "auto", backend: str = "auto", timeout_s: int = 6
         dist.init_process_group(backend=backend, rank=rank, world_size=world, timeout=timeout,
                                 store=restart_safe_store(world, timeout),
                                 device_id=dev if dev.type == "cuda" else None)
-    return Runtime(rank, world, local_rank, dev, backend)
+    control = dist.new_group(backend="gloo") if backend == "nccl" else None
+    return Runtime(rank, world, local_rank, dev, backend, control)
 
 
 def restart_safe_store(world: int, timeout: datetime.timedelta) -> dist.Store | None:
