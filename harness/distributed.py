@@ -187,7 +187,7 @@ def init_runtime(device: str = "auto", backend: str = "auto", timeout_s: int = 6
         dist.init_process_group(backend=backend, rank=rank, world_size=world, timeout=timeout,
                                 store=restart_safe_store(world, timeout),
                                 device_id=dev if dev.type == "cuda" else None)
-    control = dist.new_group(backend="gloo") if backend == "nccl" else None
+    control = dist.new_group(backend="gloo") if backend == "nccl" and dist.is_initialized() else None
     return Runtime(rank, world, local_rank, dev, backend, control)
 
 
