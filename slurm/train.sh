@@ -57,19 +57,33 @@ max_restarts="${SATPOSE_MAX_RESTARTS:-3}"
 [[ "$max_restarts" =~ ^[0-9]+$ ]] || die "SATPOSE_MAX_RESTARTS must be a non-negative integer, got '$max_restarts'"
 
 # Processes per node, first that applies: SATPOSE_NPROC_PER_NODE; the GPUs Slurm allocated on this node
-# (SLURM_GPUS_ON_NODE); the GPUs nvidia-smi lists (a GPU node without Slurm GPU scheduling); the tasks per
-# node asked for (CPU-only runs: --ntasks-per-node=N means N training processes per node); 1.
-count_gpus() {
+# (SLURM_GPUS_ON_NODE); the GPUs this shell can use: CUDA_VISIBLE_DEVICES when set ("" = none), else the ones
+# nvidia-smi lists (a GPU node without Slurm GPU scheduling); the tasks per node asked for (CPU-only runs:
+# --ntasks-per-node=N means N training processes per node); 1.
+smi_gpus() {
   local n=0
   command -v nvidia-smi >/dev/null 2>&1 && n="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')"
   echo "${n:-0}"
 }
+visible_gpus() {
+  if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then
+    case "$CUDA_VISIBLE_DEVICES" in
+      ""|NoDevFiles|-1*) echo 0 ;;
+      *) local ids; IFS=, read -ra ids <<< "$CUDA_VISIBLE_DEVICES"; echo "${#ids[@]}" ;;
+    esac
+  else
+    smi_gpus
+  fi
+}
+slurm_gpus="${SLURM_GPUS_ON_NODE:-0}"
+[[ "$slurm_gpus" =~ ^[0-9]+$ ]] || slurm_gpus=0
 if [ -n "${SATPOSE_NPROC_PER_NODE:-}" ]; then
   nproc="$SATPOSE_NPROC_PER_NODE"; nproc_from="SATPOSE_NPROC_PER_NODE"
-elif [ "${SLURM_GPUS_ON_NODE:-0}" -gt 0 ] 2>/dev/null; then
-  nproc="$SLURM_GPUS_ON_NODE"; nproc_from="SLURM_GPUS_ON_NODE"
-elif [ "$(count_gpus)" -gt 0 ]; then
-  nproc="$(count_gpus)"; nproc_from="nvidia-smi -L"
+elif [ "$slurm_gpus" -gt 0 ]; then
+  nproc="$slurm_gpus"; nproc_from="SLURM_GPUS_ON_NODE"
+elif [ "$(visible_gpus)" -gt 0 ]; then
+  nproc="$(visible_gpus)"
+  nproc_from="$([ -n "${CUDA_VISIBLE_DEVICES+set}" ] && echo "CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES" || echo "nvidia-smi -L")"
 elif [ -n "${SLURM_NTASKS_PER_NODE:-}" ]; then
   nproc="${SLURM_NTASKS_PER_NODE%%(*}"; nproc_from="SLURM_NTASKS_PER_NODE (CPU only)"
 else
@@ -77,15 +91,35 @@ else
 fi
 [[ "$nproc" =~ ^[1-9][0-9]*$ ]] || die "processes per node must be a positive integer, got '$nproc' (from $nproc_from)"
 
+# GPUs for the training step: srun gets the node's allocated GPUs explicitly. Without this the one task per
+# node inherits the job's per-task GPU request (sbatch --gpus-per-task=1 --ntasks-per-node=8: one GPU for
+# the torchrun agent and its 8 workers, which harness/distributed.py then refuses).
+gpu_args=()
+if [ "$slurm_gpus" -gt 0 ]; then
+  gpu_args=(--gres="gpu:$slurm_gpus")
+fi
+# A node whose driver lists more GPUs than Slurm gave this job: without cgroup device limits the workers
+# could use GPUs of other jobs; with no GPU allocated at all they may train on the CPU (device=auto).
+node_gpus="$(smi_gpus)"
+if [ "$node_gpus" -gt "$slurm_gpus" ] && [ -z "${SATPOSE_NPROC_PER_NODE:-}" ]; then
+  log "warning: nvidia-smi lists $node_gpus GPU(s) on this node but Slurm allocated $slurm_gpus to this job" \
+      "(SLURM_GPUS_ON_NODE=${SLURM_GPUS_ON_NODE:-unset}): request them, e.g. sbatch --gpus-per-node=$node_gpus"
+fi
+
 cpus_on_node="${SLURM_CPUS_ON_NODE:-1}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( cpus_on_node / nproc > 0 ? cpus_on_node / nproc : 1 ))}"
+# Data loading (JPEG decode + warp in data.num_workers processes per GPU) needs about 8-12 CPUs per GPU.
+if [ "$slurm_gpus" -gt 0 ] && [ $(( cpus_on_node / nproc )) -lt 4 ]; then
+  log "warning: $cpus_on_node CPU(s) for $nproc GPU process(es) on this node: data loading will starve the" \
+      "GPUs; submit with --cpus-per-task=$(( 10 * nproc )) and data.num_workers=8 (slurm/README.md)"
+fi
 # Each rendezvous round gets its own store (hosted by the new rank 0) instead of the agents' shared one:
 # a shared store outlives a restart and hands restarted workers their dead predecessors' addresses
 # (pytorch/pytorch#135712). harness/distributed.py:restart_safe_store covers the single-agent case.
 export TORCH_DISABLE_SHARE_RDZV_TCP_STORE="${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}"
 
 log "job $SLURM_JOB_ID run $((restarts + 1)) (SLURM_RESTART_COUNT=$restarts) on ${num_nodes} node(s) ${SLURM_JOB_NODELIST}:" \
-    "$nproc process(es) per node (from $nproc_from), rendezvous $rdzv_host:$rdzv_port, run dir $run_dir," \
+    "$nproc process(es) per node (from $nproc_from), GPUs for the step: ${gpu_args[*]:-none}, rendezvous $rdzv_host:$rdzv_port, run dir $run_dir," \
     "python $python, module $module"
 
 # The batch shell gets the pre-end SIGUSR1 (B:). bash runs a trap only between commands, so the step runs
@@ -100,12 +134,15 @@ forward_usr1() {
 }
 trap forward_usr1 USR1
 
-srun --nodes="$num_nodes" --ntasks="$num_nodes" --ntasks-per-node=1 --cpus-per-task="$cpus_on_node" \
-  "$python" slurm/torchrun_exitcode.py \
-    --nnodes="$num_nodes" --nproc-per-node="$nproc" \
-    --rdzv-backend=c10d --rdzv-endpoint="$rdzv_host:$rdzv_port" --rdzv-id="$SLURM_JOB_ID" \
-    --max-restarts="$max_restarts" \
-    -m "$module" train --run-dir "$run_dir" --resume auto "$@" &
+# The step: one task per node holding all the node's GPUs (the job's per-task GPU settings are not the step's).
+step=(env -u SLURM_GPUS_PER_TASK -u SLURM_TRES_PER_TASK
+  srun --nodes="$num_nodes" --ntasks="$num_nodes" --ntasks-per-node=1 --cpus-per-task="$cpus_on_node" "${gpu_args[@]}"
+  "$python" slurm/torchrun_exitcode.py
+    --nnodes="$num_nodes" --nproc-per-node="$nproc"
+    --rdzv-backend=c10d --rdzv-endpoint="$rdzv_host:$rdzv_port" --rdzv-id="$SLURM_JOB_ID"
+    --max-restarts="$max_restarts"
+    -m "$module" train --run-dir "$run_dir" --resume auto "$@")
+"${step[@]}" &
 step_pid=$!
 
 while :; do

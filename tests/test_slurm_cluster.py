@@ -207,8 +207,11 @@ def test_two_workers_complete(probe_env, tmp_path):
 
 @pytest.mark.slurm
 def test_worker_crash_fails_job_without_requeue(probe_env, tmp_path):
+    # (--signal=B:USR1@30: the default @300 exceeds --time=2 and fires at the first timer check, 12-30 s in,
+    # which can land inside the crash-and-restart attempts of a loaded machine and turn exit 3 into 138)
     job_id = _submit(probe_env, tmp_path / "run", [*_probe_args(tmp_path), "--ntasks-per-node=2",
-                                                   "--cpus-per-task=1", "--time=2"], ["--mode", "fail"])
+                                                   "--cpus-per-task=1", "--time=2", "--signal=B:USR1@30"],
+                     ["--mode", "fail"])
     job = _wait_final(probe_env, job_id, timeout=90)
     report = _report(probe_env, job_id)
     # The worker's exit code 3 (not torchrun's 1) reaches Slurm, and a crash is not requeued.
@@ -242,6 +245,56 @@ def test_pre_end_signal_checkpoints_and_requeues(probe_env, tmp_path):
     log = _log(probe_env, job_id)
     assert log.index("SIGUSR1 received") < log.index("checkpointed (exit 85): requeueing"), report
     assert "SLURM_RESTART_COUNT=1" in log and log.rstrip().endswith("training finished"), report
+
+
+def _train_sh_with_fakes(tmp_path, env: dict[str, str], node_gpus: int) -> tuple[str, str]:
+    """train.sh outside a cluster, with stand-ins for scontrol, nvidia-smi (listing `node_gpus` GPUs) and
+    srun (which prints its arguments and the GPU variables it inherits): (srun's output, train.sh's log)."""
+    fakes = tmp_path / "bin"
+    fakes.mkdir()
+    scripts = {"scontrol": "echo node1; echo node2",
+               "nvidia-smi": "; ".join(f"echo 'GPU {i}: Fake GPU (UUID: GPU-{i})'" for i in range(node_gpus)) or ":",
+               "srun": 'echo "srun $*"; echo "SLURM_GPUS_PER_TASK=${SLURM_GPUS_PER_TASK-unset}"'}
+    for name, body in scripts.items():
+        (fakes / name).write_text(f"#!/bin/sh\n{body}\n")
+        (fakes / name).chmod(0o755)
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith("SLURM_") and k not in TRAIN_SH_KNOBS and k != "CUDA_VISIBLE_DEVICES"}
+    base.update(PATH=f"{fakes}:{os.environ['PATH']}", SLURM_JOB_ID="42", SLURM_JOB_NAME="t",
+                SLURM_JOB_NODELIST="node[1-2]", SLURM_SUBMIT_DIR=str(REPO), SLURM_CPUS_ON_NODE="96")
+    base.update(env)
+    res = subprocess.run(["bash", str(TRAIN), "--preset", "quickstart"], env=base, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout, res.stderr
+
+
+def test_train_sh_gives_the_step_the_nodes_gpus(tmp_path):
+    """sbatch --ntasks-per-node=8 --gpus-per-task=1: the one srun task per node gets all 8 GPUs (not the job's
+    one GPU per task) for its 8 workers."""
+    out, log = _train_sh_with_fakes(tmp_path, {"SLURM_GPUS_ON_NODE": "8", "SLURM_GPUS_PER_TASK": "1",
+                                               "SLURM_NTASKS_PER_NODE": "8",
+                                               "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}, node_gpus=8)
+    assert "--ntasks-per-node=1 --cpus-per-task=96 --gres=gpu:8 " in out and "--nproc-per-node=8 " in out, out
+    assert "SLURM_GPUS_PER_TASK=unset" in out, out
+    assert "warning" not in log, log
+
+
+@pytest.mark.parametrize("visible, nproc, source", [("", 2, "SLURM_NTASKS_PER_NODE (CPU only)"),
+                                                    ("0,1", 2, "CUDA_VISIBLE_DEVICES=0,1")])
+def test_train_sh_counts_visible_gpus_and_warns_about_unallocated_ones(tmp_path, visible, nproc, source):
+    """No GPU allocated by Slurm on a node with 8: CUDA_VISIBLE_DEVICES decides how many the job may use (not
+    nvidia-smi), no GPU is requested for the step, and the log warns about the GPUs Slurm did not allocate."""
+    out, log = _train_sh_with_fakes(tmp_path, {"CUDA_VISIBLE_DEVICES": visible, "SLURM_NTASKS_PER_NODE": "2"},
+                                    node_gpus=8)
+    assert f"--nproc-per-node={nproc} " in out and "--gres" not in out, out
+    assert f"{nproc} process(es) per node (from {source})" in log, log
+    assert "warning: nvidia-smi lists 8 GPU(s) on this node but Slurm allocated 0 to this job" in log, log
+
+
+def test_train_sh_warns_about_too_few_cpus_per_gpu(tmp_path):
+    _, log = _train_sh_with_fakes(tmp_path, {"SLURM_GPUS_ON_NODE": "8", "SLURM_CPUS_ON_NODE": "8"}, node_gpus=8)
+    assert "warning: 8 CPU(s) for 8 GPU process(es) on this node" in log and "--cpus-per-task=80" in log, log
 
 
 def test_logs_folder_is_in_the_repository():
