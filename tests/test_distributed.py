@@ -55,14 +55,30 @@ def final_state(run_dir: Path, step: int) -> dict:
 
 
 def relative_difference(a: dict, b: dict, initial: dict) -> float:
-    """||a - b|| / ||a - initial|| over all float tensors of a state dict: how far two runs' weights are
-    apart, relative to how far training moved them."""
-    num = den = 0.0
+    """How far two runs' final states are apart: the larger of ||a - b|| / ||a - initial|| over the learned
+    tensors (relative to how far training moved them) and ||a - b|| / ||a|| over the BatchNorm running
+    statistics. (Measured on these tiny runs, the running statistics move by 2x their norm and the weights by
+    0.1%: one ratio over both would be dominated by the statistics and hide weight differences ~1000x.)
+    The denominator is checked: training moved the weights, but by less than MAX_MOVE of their norm, so an
+    `initial` that is not the runs' real start (a drifted initialisation moves them by ~75%) cannot
+    silently loosen the comparison."""
+    num = den = size = num_stats = stats = 0.0
     for name, w0 in initial.items():
-        if w0.is_floating_point():
-            num += (a[name] - b[name]).double().pow(2).sum().item()
-            den += (a[name] - w0).double().pow(2).sum().item()
-    return (num / den) ** 0.5
+        if not w0.is_floating_point():
+            continue
+        diff = (a[name] - b[name]).double().pow(2).sum().item()
+        if "running_" in name:
+            num_stats, stats = num_stats + diff, stats + a[name].double().pow(2).sum().item()
+        else:
+            num, den = num + diff, den + (a[name] - w0).double().pow(2).sum().item()
+            size += w0.double().pow(2).sum().item()
+    assert 0 < den < MAX_MOVE ** 2 * size, \
+        f"||a - initial|| = {den ** 0.5:.4g} vs ||initial|| = {size ** 0.5:.4g}: not these runs' initial weights?"
+    return max((num / den) ** 0.5, (num_stats / stats) ** 0.5 if stats else 0.0)
+
+
+# 4 SGD steps of lr 0.01 move the tiny G's weights by 0.1% of their norm; a wrong initialisation is ~75% away.
+MAX_MOVE = 0.05
 
 
 def initial_weights(*overrides: str) -> tuple[dict, dict]:
@@ -86,9 +102,12 @@ EQUIV = ["train.max_steps=4", "train.precision=fp64", "data.input_size=128", "da
 def test_ddp_two_processes_match_one_process(tmp_path, objective):
     """Same global batch (8): 2 ranks x 4 samples with cross-rank BatchNorm == 1 process x 8 samples."""
     common = [f"adversarial.objective={objective}", "distributed.sync_batchnorm=true", *EQUIV]
-    run([sys.executable, *harness_train(tmp_path / "one", *common)])
-    run(torchrun("--nproc-per-node", "2", "--master-port", str(free_port()),
-                 *harness_train(tmp_path / "two", *common)))
+    res = run([sys.executable, *harness_train(tmp_path / "one", *common)])
+    assert "device: cpu (1 torch thread(s) per process), 1 process(es), backend none (train.device=auto)" \
+        in res.stdout, res.stdout[:2000]  # the suite hides GPUs (conftest): auto is the CPU, and says so
+    res = run(torchrun("--nproc-per-node", "2", "--master-port", str(free_port()),
+                       *harness_train(tmp_path / "two", *common)))
+    assert "2 process(es), backend gloo" in res.stdout and "warning" not in res.stdout, res.stdout[:2000]
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["world_size"] == 2
     one, two = final_state(tmp_path / "one", 4), final_state(tmp_path / "two", 4)
@@ -98,8 +117,9 @@ def test_ddp_two_processes_match_one_process(tmp_path, objective):
     if objective == "sat":  # k_t from rank-averaged losses equals the single-process one
         assert abs(one["objective"]["k"] - two["objective"]["k"]) < 1e-12
     # and without cross-rank BatchNorm the two runs really differ (the check can fail)
-    run(torchrun("--nproc-per-node", "2", "--master-port", str(free_port()),
-                 *harness_train(tmp_path / "local-bn", *common, "distributed.sync_batchnorm=false")))
+    res = run(torchrun("--nproc-per-node", "2", "--master-port", str(free_port()),
+                       *harness_train(tmp_path / "local-bn", *common, "distributed.sync_batchnorm=false")))
+    assert "warning: BatchNorm statistics over 4 sample(s) per process" in res.stdout, res.stdout[:2000]
     local = final_state(tmp_path / "local-bn", 4)
     assert relative_difference(one["generator"], local["generator"], g0) > 1e-3
 
@@ -160,7 +180,8 @@ def test_killed_worker_restarts_resumes_and_matches_uninterrupted(tmp_path):
     assert code == 0, out[-5000:]
     assert "resumed from" in out, out[-3000:]
     starts = [json.loads(x) for x in (elastic / "metrics.jsonl").read_text().splitlines()]
-    assert [r["resumed_step"] for r in starts if r["kind"] == "start"][-1] >= 4
+    resumed = [r["resumed_step"] for r in starts if r["kind"] == "start"][-1]
+    assert 4 <= resumed < 10, resumed  # a kill after the last checkpoint would prove nothing
     run(torchrun("--nproc-per-node", "2", "--master-port", str(free_port()),
                  *harness_train(tmp_path / "straight", *common)))
     a, b = final_state(elastic, 10), final_state(tmp_path / "straight", 10)
@@ -171,33 +192,43 @@ def test_killed_worker_restarts_resumes_and_matches_uninterrupted(tmp_path):
         assert flat_a == flat_b, part
 
 
+def max_abs_difference(a: dict, b: dict) -> float:
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
+
+
 @pytest.mark.parametrize("objective", ["sat", "cgan"])
-@pytest.mark.parametrize("zero_stage", [0, 1])
-def test_deepspeed_matches_ddp(tmp_path, objective, zero_stage):
-    """The DeepSpeed strategy (one engine per model) against DDP, 2 ranks each, same global batch, fp32."""
+def test_deepspeed_matches_ddp(tmp_path, objective):
+    """The DeepSpeed strategy (one engine per model) against DDP, 2 ranks each, same global batch, fp32, SGD:
+    stage 0 and ZeRO-1 both end bit for bit equal to DDP (docs/deepspeed.md): weights, BatchNorm statistics,
+    optimizer state, k_t. Exact, not within a bound, because with 2 ranks every gradient sum has two terms
+    (IEEE addition commutes) and SGD's update is elementwise (ZeRO-1's sharded step changes no arithmetic)."""
     require("deepspeed", "the [deepspeed] extra")
     common = [f"adversarial.objective={objective}", "distributed.sync_batchnorm=true",
               *[o for o in EQUIV if o != "train.precision=fp64"]]
-    run(torchrun("--nproc-per-node", "2", "--master-port", str(free_port()),
-                 *harness_train(tmp_path / "ddp", *common)))
-    run(torchrun("--nproc-per-node", "2", "--master-port", str(free_port()),
-                 *harness_train(tmp_path / "ds", *common, "distributed.strategy=deepspeed",
-                                f"distributed.zero_stage={zero_stage}")))
-    ddp, ds = final_state(tmp_path / "ddp", 4), final_state(tmp_path / "ds", 4)
+    runs = {"ddp": []} | {f"zero{z}": ["distributed.strategy=deepspeed", f"distributed.zero_stage={z}"]
+                          for z in (0, 1)}
+    for name, extra in runs.items():
+        run(torchrun("--nproc-per-node", "2", "--master-port", str(free_port()),
+                     *harness_train(tmp_path / name, *common, *extra)))
+    ddp, zero0, zero1 = (final_state(tmp_path / name, 4) for name in runs)
     g0, d0 = initial_weights(*common)
-    print("relative difference G, D:", relative_difference(ddp["generator"], ds["generator"], g0),
-          relative_difference(ddp["discriminator"], ds["discriminator"], d0))
-    assert relative_difference(ddp["generator"], ds["generator"], g0) < 1e-4
-    assert relative_difference(ddp["discriminator"], ds["discriminator"], d0) < 1e-4
+    for part, w0 in (("generator", g0), ("discriminator", d0)):
+        assert relative_difference(ddp[part], zero0[part], w0) == 0.0, part  # (checks that training moved w0)
+        assert max_abs_difference(ddp[part], zero0[part]) == 0.0, part
+        assert max_abs_difference(ddp[part], zero1[part]) == 0.0, part
+    for part in ("optim_g", "optim_d", "objective"):
+        for zero in (zero0, zero1):
+            assert json.dumps(ddp[part], default=lambda t: t.tolist(), sort_keys=True) == \
+                json.dumps(zero[part], default=lambda t: t.tolist(), sort_keys=True), part
     # the DeepSpeed checkpoint is the same single-file format: it loads into plain modules and optimizers
-    assert set(ds) == set(ddp)
-    assert ds["optim_g"]["param_groups"][0]["lr"] == ddp["optim_g"]["param_groups"][0]["lr"]
+    assert set(zero1) == set(ddp)
+    assert zero1["optim_g"]["param_groups"][0]["lr"] == ddp["optim_g"]["param_groups"][0]["lr"]
 
 
 def test_gradient_accumulation_with_no_sync_matches_one_process(tmp_path):
     """grad_accum=2: 2 ranks x 2 micro-batches of 2 == 1 process x 2 micro-batches of 4, in fp64 with
-    cross-rank BatchNorm. (This checks the result - loss scaling and accumulation across the no_sync
-    micro-batch - not that the first micro-batch's all-reduce was actually skipped.)"""
+    cross-rank BatchNorm: loss scaling and accumulation across the no_sync micro-batch. (That the first
+    micro-batch's all-reduce is skipped: test_no_sync_skips_the_all_reduce_of_all_but_the_last_micro_batch.)"""
     common = ["adversarial.objective=sat", "distributed.sync_batchnorm=true", "train.grad_accum=2", *EQUIV]
     run([sys.executable, *harness_train(tmp_path / "one", *common)])
     run(torchrun("--nproc-per-node", "2", "--master-port", str(free_port()),
@@ -206,6 +237,80 @@ def test_gradient_accumulation_with_no_sync_matches_one_process(tmp_path):
     g0, d0 = initial_weights(*common)
     assert relative_difference(one["generator"], two["generator"], g0) < 1e-9
     assert relative_difference(one["discriminator"], two["discriminator"], d0) < 1e-9
+
+
+def test_no_sync_skips_the_all_reduce_of_all_but_the_last_micro_batch():
+    """grad_accum=2 through the real training step with DDP-wrapped G and D (a one-process gloo group, in
+    this process): a communication hook counts the gradient all-reduces, and a step over two micro-batches
+    makes exactly as many as a step over one (the first micro-batch's backward runs under no_sync)."""
+    import torch.distributed as dist
+
+    from harness.build import build_models, wrap_models
+    from harness.config import load_config
+    from harness.data import RunData
+    from harness.distributed import Runtime
+    from harness.objectives import build_objective
+    from harness.step import train_step
+
+    cfg = load_config(None, None, [*TINY, "train.device=cpu", "adversarial.objective=sat"])
+    counts = {"g": 0, "d": 0}
+
+    def counting(name: str):
+        def hook(state, bucket):
+            counts[name] += 1
+            done = torch.futures.Future()
+            done.set_result(bucket.buffer())  # one process: the sum over ranks is the buffer itself
+            return done
+        return hook
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        rt = Runtime(0, 2, 0, torch.device("cpu"), "gloo")  # wrap_models' data-parallel path: DDP
+        data = RunData(cfg)
+        g, d = wrap_models(cfg, rt, *build_models(cfg, data.skeleton.num_joints, rt), 2)
+        g.module.register_comm_hook(None, counting("g"))
+        d.module.register_comm_hook(None, counting("d"))
+        objective = build_objective(cfg, data.skeleton.torso, rt.device)
+        batches = [data.to_device(b, rt.device) for b, _ in zip(data.train_loader(2, 0), range(4))]
+        train_step(batches[:1], g, d, objective, "fp32")  # (DDP settles its buckets in the first step)
+        per_step = []
+        for micro in (batches[1:2], batches[2:4]):
+            counts.update(g=0, d=0)
+            train_step(micro, g, d, objective, "fp32")
+            per_step.append(dict(counts))
+    finally:
+        dist.destroy_process_group()
+    one, two = per_step
+    assert one["g"] > 0 and one["d"] > 0, one
+    assert two == one, f"2 micro-batches: {two} all-reduces, 1 micro-batch: {one}"
+
+
+@pytest.mark.gpu
+def test_gpu_ddp_with_plain_batchnorm(tmp_path, gpu_env, cuda_devices):
+    """On CUDA: one rank per visible GPU (at most 2), NCCL, plain BatchNorm with DDP's buffer broadcast while
+    D runs twice before its backward (pytorch#175024 on an unfixed torch); the run says it used the GPU."""
+    n = min(2, cuda_devices)
+    res = subprocess.run(torchrun("--nproc-per-node", str(n), "--master-port", str(free_port()),
+                                  *harness_train(tmp_path / "run", "train.device=cuda", "train.max_steps=3")),
+                         cwd=REPO, env={**gpu_env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    assert "device: cuda:0 (" in res.stdout and f"{n} process(es), backend nccl" in res.stdout, res.stdout[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["device"] == "cuda:0" and summary["world_size"] == n and summary["steps"] == 3
+
+
+@pytest.mark.gpu
+def test_gpu_more_processes_than_gpus_is_refused(tmp_path, gpu_env, cuda_devices):
+    """One more torchrun worker than visible GPUs: a clear error naming the counts (not two ranks on one GPU)."""
+    res = subprocess.run(torchrun("--nproc-per-node", str(cuda_devices + 1), "--master-port", str(free_port()),
+                                  *harness_train(tmp_path / "run", "train.device=cuda", "train.max_steps=1",
+                                                 f"train.batch_size={4 * (cuda_devices + 1)}")),
+                         cwd=REPO, env={**gpu_env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode != 0
+    assert f"local rank {cuda_devices} needs GPU {cuda_devices} but this process sees {cuda_devices} GPU(s)" in \
+        res.stdout + res.stderr, res.stdout[-3000:] + res.stderr[-3000:]
 
 
 def test_rank_with_only_bad_images_skips_the_step_on_every_rank(tmp_path, lsp_root):
