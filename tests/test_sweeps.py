@@ -1,7 +1,8 @@
 """Ray Tune sweeps with real Ray (2 CPUs, this machine) and on the CI SLURM cluster.
 
-- a 4-trial tiny grid completes, each trial trained once, and a trial equals `harness train` run by hand
-  with its config.yaml (bit-exact summary and checkpoint weights on CPU);
+- a 4-trial tiny grid completes, each trial trained once except one whose trainer is SIGKILLed after its
+  first checkpoint: Tune retries it and it resumes from that checkpoint; a trial (the crashed one too)
+  equals `harness train` run by hand with its config.yaml (bit-exact summary and weights on CPU);
 - the driver killed (SIGKILL) mid-sweep, then `--resume`: only the unfinished trials run again;
 - `sbatch slurm/sweep.sh` runs the same grid inside a job, signalled mid-way (the pre-end USR1): it
   requeues and its second run finishes the rest; the Ray cluster sweep.sh starts refuses
@@ -18,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -68,32 +70,63 @@ def ray_local(tmp_path_factory):
             os.environ[key] = value
 
 
+CRASHED = "g1-cond-seed0"  # its trainer is SIGKILLed after its first checkpoint; Tune retries the trial
+
+
+def _crash_after_first_checkpoint(exp: Path, done: threading.Event, killed: list[int]) -> None:
+    import psutil
+
+    ckpt = exp / CRASHED / "checkpoints" / "step-00000016.pt"
+    while not done.is_set() and not killed:
+        if ckpt.is_file():
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                cmd = " ".join(proc.info["cmdline"] or [])
+                if "harness train" in cmd and f"{CRASHED}/config.yaml" in cmd:
+                    proc.kill()
+                    killed.append(proc.info["pid"])
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def tiny_sweep(ray_local, tmp_path_factory):
     from sweeps import run_sweep
 
-    t0 = time.monotonic()
-    result = run_sweep(PRESET, seeds=1, storage=tmp_path_factory.mktemp("sweeps"))
-    return result, time.monotonic() - t0
+    storage = tmp_path_factory.mktemp("sweeps")
+    done, killed = threading.Event(), []
+    crasher = threading.Thread(target=_crash_after_first_checkpoint, args=(storage / PRESET, done, killed))
+    crasher.start()
+    try:
+        result = run_sweep(PRESET, seeds=1, storage=storage)
+    finally:
+        done.set()
+        crasher.join()
+    return result, killed
 
 
-def test_tiny_grid_completes(tiny_sweep):
-    result, _ = tiny_sweep
+def test_tiny_grid_completes_and_a_crashed_trial_resumes(tiny_sweep):
+    result, killed = tiny_sweep
     exp = result["experiment_dir"]
+    assert killed, f"the trainer of {CRASHED} was not found to kill"
     assert result["errors"] == [] and result["unfinished"] == [] and result["without_summary"] == []
     for point in POINTS:
         run = exp / f"{point}-seed0"
         summary = json.loads((run / "summary.json").read_text())
         assert summary["steps"] == 64 and summary["device"] == "cpu"
-        assert len(_starts(run)) == 1  # trained once
-        cfg = _starts(run)[0]["config"]
+        starts = _starts(run)
+        cfg = starts[0]["config"]
         assert cfg["model"]["stacks"] == int(point[1])
         assert cfg["discriminator"]["conditional"] == point.endswith("-cond")
+        if run.name == CRASHED:  # retried by Tune (FailureConfig), resumed from its own checkpoint
+            assert [s["resumed_step"] for s in starts] == [0, 16]
+        else:
+            assert len(starts) == 1  # trained once
 
 
-def test_trial_equals_harness_train_by_hand(tiny_sweep, tmp_path):
+@pytest.mark.parametrize("run_name", ["g2-uncond-seed0", CRASHED])
+def test_trial_equals_harness_train_by_hand(tiny_sweep, tmp_path, run_name):
+    """Bit-exact on CPU, also for the trial that crashed and was resumed by Tune's retry."""
     result, _ = tiny_sweep
-    trial = result["experiment_dir"] / "g2-uncond-seed0"
+    trial = result["experiment_dir"] / run_name
     hand = tmp_path / "hand"
     out = subprocess.run([sys.executable, "-m", "harness", "train", "--config", str(trial / "config.yaml"),
                           "--run-dir", str(hand)], capture_output=True, text=True, cwd=REPO,
