@@ -124,6 +124,12 @@ bench train 300 train --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" --input resi
   "${RUN[@]}" --label "sat-4s-1s$( [ "$DRY" = 1 ] && echo -dry )"
 bench infer 180 infer --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" --variants "${VARIANTS[@]}" --batch-sizes "${BS[@]}" \
   "${RUN[@]}" --label "g-4s$( [ "$DRY" = 1 ] && echo -dry )"
+if [ "$DRY" = 0 ] && [ "$GPUS" -ge 2 ]; then  # DDP over NCCL with D run twice per step (issue 14, item 4)
+  bench scaling 240 scaling --preset lsp-sat-4s "${DATA[@]}" train.batch_size=32 data.num_workers=4 train.device=cuda \
+    --input resident --steps 5 --warmup 2 --repeats 2 --label sat-4s-1s
+else
+  say SKIP "bench scaling" "needs 2 GPUs (DDP over NCCL, issue 14 item 4); CI runs it on CPU with gloo"
+fi
 bench kernels 120 kernels "${KB[@]}" --repeats 3 --label "$( [ "$DRY" = 1 ] && echo dry || echo gpu-check )"
 KJSON=$(grep '^wrote .*kernels.*\.json' /tmp/gpu_check_kernels.log 2>/dev/null | sed 's/^wrote //')
 if [ -n "$KJSON" ]; then

@@ -29,11 +29,13 @@ def run(args, variants: list[Variant]) -> dict:
     sizes = args.world_sizes or ([w for w in (1, 2, 4, 8, 16) if w <= gpus] if cuda else [1, 2])
     if cuda and max(sizes) > gpus:
         raise UserError(f"--world-sizes {sizes}: only {gpus} GPU(s) visible")
+    if not cuda and max(sizes) > len(os.sched_getaffinity(0)):
+        raise UserError(f"--world-sizes {sizes}: only {len(os.sched_getaffinity(0))} core(s) for one rank each")
     rows = []
     for w in sizes:
         items = [*args.items, *v.overrides, f"train.batch_size={cfg.train.batch_size * w}"]
         if not cuda and cfg.train.threads is None:
-            items.append(f"train.threads={max(1, len(os.sched_getaffinity(0)) // w)}")
+            items.append("train.threads=1")
         source = ["--preset", args.preset] if args.preset else ["--config", args.config_file] if args.config_file \
             else []
         with tempfile.TemporaryDirectory(prefix="satpose-scaling-") as tmp:
@@ -59,7 +61,7 @@ def run(args, variants: list[Variant]) -> dict:
     notes = [f"weak scaling: {cfg.train.batch_size} images per device per step; efficiency = img/s / "
              f"(img/s per device at world size {rows[0]['world_size']} x world size)"]
     if not cuda:
-        notes.append("CPU: gloo, the ranks share this machine's cores (train.threads = cores / world size), so "
-                     "efficiency here measures the process group's overhead, not added hardware")
+        notes.append("CPU: gloo, one core per rank (train.threads=1), as one GPU per rank; world sizes run one "
+                     "after the other, not interleaved, so a shared machine's load can differ between them")
     return {"rows": rows, "notes": notes, "config": cfg.to_dict(),
             "runtime": {"device": "cuda" if cuda else "cpu", "world_sizes": sizes}}
