@@ -5,7 +5,8 @@
     peaks.py     dense peak TFLOP/s and bandwidth per device and dtype (sources inline); measured on CPU
     machine.py   what the report says about the machine: CPU, GPU, driver, versions, git commit
     suite_*.py   the suites: train, infer, data, kernels, scaling
-    report.py    JSON (versioned schema), Markdown, PNG, the terminal table, `bench compare`
+    report.py    JSON (versioned schema), Markdown, the terminal table, the README index, `bench compare`
+    plots.py     the PNG of a report
     gpucheck.py  the pass/fail checks of scripts/gpu_check.sh
 
 Conventions (nanoGPT's bench.py, NVIDIA DLE's benchmark modes, torchtitan's MFU): warm-up steps (and the
