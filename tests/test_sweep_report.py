@@ -47,7 +47,7 @@ def test_point_overrides_win_and_user_overrides_reach_every_trial():
     spec = _spec("stacks-tiny", ["model.stacks=3", "train.max_steps=7"], gpus=1)
     cfg = trial_config(spec, "g8-sat", seed=0)
     assert (cfg.model.stacks, cfg.adversarial.objective, cfg.train.max_steps) == (8, "sat", 7)
-    assert cfg.train.device == "auto"  # GPU trials choose their device
+    assert cfg.train.device == "cuda"  # GPU trials run the preset's device (paper presets require CUDA)
     cfg = trial_config(spec, "g2-none", seed=0)
     assert (cfg.model.stacks, cfg.adversarial.objective) == (2, "none")
     assert trial_config(_spec("thesis-alpha-tiny"), "alpha-1over110", 0).adversarial.cgan.alpha == 1 / 110
