@@ -30,7 +30,7 @@ def set_numerics(device: torch.device, deterministic: bool) -> None:
     the fastest algorithms for the fixed input shapes (cudnn.benchmark) and TF32 is allowed."""
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(deterministic)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not deterministic
         torch.backends.cudnn.deterministic = deterministic

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.distributed import Runtime
 from harness.objectives import NoAdversary, frozen_discriminator
 from harness.precision import autocast, param_dtype
 from models import losses
@@ -120,3 +121,14 @@ def train_step(micro_batches: list[dict], g: Model, d: Model | None, objective: 
         d.step()
     g.step()
     return values.values
+
+
+def synchronized_step(micro_batches: list[dict], g: Model, d: Model | None, objective: NoAdversary, rt: Runtime,
+                      precision: str, measure_grad_norms: bool = False) -> dict[str, torch.Tensor]:
+    """`train_step`, then its values averaged over ranks (one all-reduce, no host sync) and the objective's
+    update from them, so k_t is the same on every rank. The trainer and `bench train` both step through here."""
+    values = train_step(micro_batches, g, d, objective, precision, measure_grad_norms)
+    names = sorted(values)
+    reduced = dict(zip(names, rt.mean(torch.stack([values[k] for k in names])).unbind()))
+    reduced.update(objective.update(reduced))
+    return reduced

@@ -32,7 +32,7 @@ from harness.optim import set_lr
 from harness.precision import set_numerics
 from harness.preemption import EXIT_PREEMPTED, Preempted, Preemption
 from harness.sinks import Sinks, build_sinks
-from harness.step import train_step, unwrap
+from harness.step import synchronized_step, unwrap
 from harness.validator import Validator
 
 __all__ = ["EXIT_PREEMPTED", "Preempted", "Trainer"]
@@ -206,10 +206,7 @@ class Trainer:
         # uint8 crops -> colour jitter, normalisation and targets on the device
         micro = [self.data.to_device(b, dev, t.channels_last) for b in micro]
         log_now = (self.step + 1) % t.log_every == 0 or self.step == 0
-        values = train_step(micro, self.g, self.d, self.objective, t.precision, measure_grad_norms=log_now)
-        names = sorted(values)
-        reduced = dict(zip(names, self.rt.mean(torch.stack([values[k] for k in names])).unbind()))
-        reduced.update(self.objective.update(reduced))  # k_t from rank-averaged losses: the same on every rank
+        reduced = synchronized_step(micro, self.g, self.d, self.objective, self.rt, t.precision, log_now)
         finite = torch.stack(list(reduced.values())).isfinite().all()
         self._nonfinite_step = torch.where(finite | (self._nonfinite_step >= 0), self._nonfinite_step,
                                            torch.full_like(self._nonfinite_step, self.step + 1))

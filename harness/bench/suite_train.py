@@ -33,7 +33,7 @@ from harness.distributed import Runtime, init_runtime
 from harness.objectives import build_objective
 from harness.precision import set_numerics
 from harness.sinks import build_sinks
-from harness.step import train_step
+from harness.step import synchronized_step, train_step
 
 FLOP_CONVENTION = ("torch.utils.flop_counter.FlopCounterMode over one train_step as it runs (G forward and "
                    "backward, D on real and fake with its backward, G's adversarial pass through the frozen D "
@@ -80,10 +80,7 @@ class _Run:
         t, rt = self.cfg.train, self.rt
         t0 = time.perf_counter()
         batches = self.resident or [self.data.to_device(b, rt.device, t.channels_last) for b in micro]
-        values = train_step(batches, self.g, self.d, self.objective, t.precision)
-        names = sorted(values)
-        reduced = dict(zip(names, rt.mean(torch.stack([values[k] for k in names])).unbind()))
-        self.objective.update(reduced)
+        synchronized_step(batches, self.g, self.d, self.objective, rt, t.precision)
         self.steps += 1
         n = sum(int(b["num_samples"]) for b in micro) * rt.world_size
         self.sinks.step(self.steps, {"images": n, "images_rank": n // rt.world_size,
