@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -120,6 +121,90 @@ def test_tiny_grid_completes_and_a_crashed_trial_resumes(tiny_sweep):
             assert [s["resumed_step"] for s in starts] == [0, 16]
         else:
             assert len(starts) == 1  # trained once
+
+
+
+# -- listening sockets of a sweep (docs/security.md, the `ray-*` rows) ---------------------------------------
+
+class _SocketWatch(threading.Thread):
+    """Polls the listening TCP sockets of this process's tree (the sweep driver is this process: Ray's GCS,
+    raylet, agents, workers and the trials' trainers are its descendants) until stopped. Collects
+    (process name, bind address, port), the name read while the process lives."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.seen: set[tuple[str, str, int]] = set()
+        self.stop = threading.Event()
+
+    def run(self):
+        import psutil
+        from test_security import listening
+
+        root, names = psutil.Process(), {}
+        while not self.stop.is_set():
+            for _, pid, ip, port in listening(root):
+                if pid not in names:
+                    try:
+                        names[pid] = "driver" if pid == root.pid else _process_label(psutil.Process(pid))
+                    except psutil.Error:
+                        continue
+                self.seen.add((names[pid], ip, port))
+            self.stop.wait(0.5)
+
+
+def _process_label(proc) -> str:
+    """The process name, or for a plain Python process the script it runs (Ray's monitor.py)."""
+    name = proc.name()
+    if name.startswith("python") and "harness sweep" in " ".join(proc.cmdline()):  # a sweep run as a command
+        return "driver"
+    if name.startswith("python"):
+        scripts = [Path(a).name for a in proc.cmdline()[1:] if a.endswith(".py")]
+        return scripts[0] if scripts else name
+    return name
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _sweep_sockets():
+    """Started before the module's first fixture (autouse), so it watches the whole in-process tiny sweep;
+    `test_sweep_listening_sockets_are_documented` stops it."""
+    watch = _SocketWatch()
+    watch.start()
+    yield watch
+    watch.stop.set()
+    watch.join(10)
+
+
+# process label -> docs/security.md row; a `ray::` worker (idle, or a trial actor `ray::ImplicitFunc`) and the
+# driver's core worker are `ray-worker`
+_RAY_ROWS = {"gcs_server": "ray-gcs", "raylet": "ray-raylet", "ray::RuntimeEnvAgent": "ray-runtime-env-agent",
+             "monitor.py": "ray-monitor", "driver": "ray-worker"}
+
+
+def test_sweep_listening_sockets_are_documented(tiny_sweep, _sweep_sockets):
+    """Every socket that listened while the tiny sweep ran (polled every 0.5 s) is one a `ray-*` row of
+    docs/security.md names: its process, its bind address, its port (a number the row gives, or any ephemeral
+    port where the row says `ephemeral`). The trials' trainers (single-process) open none."""
+    import psutil
+    from test_security import documented_listeners, ephemeral
+
+    _sweep_sockets.stop.set()
+    _sweep_sockets.join(30)
+    seen, doc = sorted(_sweep_sockets.seen), documented_listeners()
+    host = {a.address for addrs in psutil.net_if_addrs().values() for a in addrs}
+    assert {"gcs_server", "raylet"} <= {name for name, *_ in seen}, f"Ray's sockets were not seen: {seen}"
+    undocumented = []
+    for name, ip, port in seen:
+        key = _RAY_ROWS.get(name, "ray-worker" if name.startswith("ray::") else None)
+        row = doc.get(key or "")
+        named = row is not None and re.search(rf"\b{port}\b", row["port"]) is not None
+        ok = row is not None and (named or (ephemeral(port) and "ephemeral" in row["port"]))
+        if key == "ray-runtime-env-agent":  # Ray's idea of the host's address, whatever --node-ip-address says
+            ok = ok and ip in host and "primary address" in row["bind"]
+        else:
+            ok = ok and f"`{ip}`" in row["bind"]
+        if not ok:
+            undocumented.append(f"{name} ({key or 'no row'}) listens on {ip} port {port}")
+    assert undocumented == [], "listening sockets docs/security.md does not document:\n" + "\n".join(undocumented)
 
 
 @pytest.mark.parametrize("run_name", ["g2-uncond-seed0", CRASHED])
