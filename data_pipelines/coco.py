@@ -54,7 +54,7 @@ def load_coco(annotation_file, image_dir, aspect_ratio: float = 1.0) -> list[Pos
         raise UserError(f"COCO aspect_ratio must be > 0, got {aspect_ratio}")
     path = Path(annotation_file)
     data = _read_json(path)
-    coco = _index(path, data)
+    coco = coco_index(path, data)
     person_ids = coco.getCatIds(catNms=["person"])
     if len(person_ids) != 1:
         raise AnnotationError.at(path, f"expected one 'person' category, found {len(person_ids)}")
@@ -105,7 +105,9 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _index(path: Path, data: dict):
+def coco_index(path: Path, data: dict):
+    """pycocotools' COCO object over already-read annotation data; a malformed structure is an
+    AnnotationError naming the file."""
     try:
         from pycocotools.coco import COCO as CocoApi
     except ImportError as exc:

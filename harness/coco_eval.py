@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_pipelines.coco import coco_index
 from data_pipelines.errors import AnnotationError, UserError, read_json
 from data_pipelines.records import PoseRecord
 from data_pipelines.skeletons import COCO as COCO_SKELETON
@@ -185,17 +186,7 @@ def person_category(gt) -> int:
 
 
 def _coco_api(path: Path, data: dict):
-    try:
-        from pycocotools.coco import COCO
-    except ImportError as exc:
-        raise UserError("COCO keypoint AP needs pycocotools: pip install 'satpose[coco]'") from exc
-    coco = COCO()
-    coco.dataset = data
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco.createIndex()
-    except (KeyError, TypeError) as exc:
-        raise AnnotationError.at(path, f"malformed COCO structure ({type(exc).__name__}: {exc})") from None
+    coco = coco_index(path, data)
     if len(coco.getCatIds(catNms=["person"])) != 1:
         raise AnnotationError.at(path, "expected one 'person' category")
     return coco
