@@ -77,7 +77,8 @@ DRYFLAG=$( [ "$DRY" = 1 ] && echo --dry )
 if [ "$DRY" = 1 ]; then
   say SKIP "kernel tests" "CPU: CI runs tests/kernels under TRITON_INTERPRET=1; bench kernels below checks every case"
 elif "$PY" -c "import pytest, triton" 2>/dev/null; then
-  if "$PY" -m pytest tests/kernels -q -p no:cacheprovider -x > /tmp/gpu_check_kernels.log 2>&1; then
+  if SATPOSE_KEEP_GPUS=1 SATPOSE_REQUIRE_GPU=1 "$PY" -m pytest tests/kernels -q -p no:cacheprovider -x \
+      > /tmp/gpu_check_kernels.log 2>&1; then
     say PASS "kernel tests" "$(tail -1 /tmp/gpu_check_kernels.log) (tests/kernels on cuda)"
   else
     say FAIL "kernel tests" "$(tail -1 /tmp/gpu_check_kernels.log); log: /tmp/gpu_check_kernels.log"

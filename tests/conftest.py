@@ -18,8 +18,11 @@ REPO = Path(__file__).resolve().parents[1]
 # CPU in this process and in every subprocess (torchrun workers, sbatch jobs inherit it). On a GPU machine
 # the 2-process torchrun tests would otherwise put both ranks on one GPU. Tests that need CUDA are marked
 # `gpu` and start their GPU work in a subprocess with `gpu_env` (the caller's original setting).
+# scripts/gpu_check.sh runs tests/kernels in this process on the GPU: SATPOSE_KEEP_GPUS=1 leaves them visible.
 REAL_CUDA_VISIBLE_DEVICES = os.environ.get("CUDA_VISIBLE_DEVICES")
-os.environ["CUDA_VISIBLE_DEVICES"] = ""
+KEEP_GPUS = os.environ.get("SATPOSE_KEEP_GPUS") == "1"
+if not KEEP_GPUS:
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 def _cuda_device_count() -> int:
@@ -62,7 +65,7 @@ def _cpu_unless_marked_gpu(request):
     if request.node.get_closest_marker("gpu") is not None:
         if "gpu_env" not in request.fixturenames:
             pytest.fail("a test marked gpu runs its CUDA work in a subprocess with the gpu_env fixture")
-    else:
+    elif not KEEP_GPUS:
         assert os.environ.get("CUDA_VISIBLE_DEVICES") == "", "a test un-hid the GPUs (CUDA_VISIBLE_DEVICES)"
 
 
