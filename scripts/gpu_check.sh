@@ -87,6 +87,20 @@ else
   say SKIP "kernel tests" "pytest or triton not installed"
 fi
 
+# -- DALI's GPU pipeline (mixed decode, GPU warp) against the torch backend, where DALI is installed -----------
+if [ "$DRY" = 1 ]; then
+  say SKIP "DALI GPU path" "CPU: CI runs tests/test_dali.py in DALI's CPU mode"
+elif "$PY" -c "import pytest, nvidia.dali" 2>/dev/null; then
+  if SATPOSE_KEEP_GPUS=1 "$PY" -m pytest tests/test_dali.py -k gpu_path -q -p no:cacheprovider -rs \
+      > /tmp/gpu_check_dali.log 2>&1 && ! grep -q "SKIPPED" /tmp/gpu_check_dali.log; then
+    say PASS "DALI GPU path" "$(tail -1 /tmp/gpu_check_dali.log)"
+  else
+    say FAIL "DALI GPU path" "$(tail -1 /tmp/gpu_check_dali.log); log: /tmp/gpu_check_dali.log"
+  fi
+else
+  say SKIP "DALI GPU path" "DALI not installed (bash scripts/setup.sh dali)"
+fi
+
 # -- steps (bf16, fp16 x objectives), compile, checkpoint, deterministic, process group + BatchNorm ------------
 "$PY" -m harness.bench.gpucheck $DRYFLAG --only steps compile checkpoint deterministic 2>/tmp/gpu_check.err | count
 if [ "$DRY" = 1 ] || [ "$GPUS" -ge 2 ]; then
