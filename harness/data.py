@@ -20,6 +20,7 @@ from data_pipelines.loaders.dali import dali_available, make_dali_loader, requir
 from data_pipelines.registry import dataset_info, load_records, skeleton_for
 from data_pipelines.sampling import Augmentation
 from harness.config import Config, DataConfig
+from harness.distributed import resolve_device
 
 BACKENDS = ("torch", "dali")
 
@@ -70,9 +71,7 @@ class RunData:
         c = cfg.data
         self.cfg = cfg
         self.rank, self.world_size = rank, world_size
-        train_device = cfg.train.device
-        self.device = "cuda" if train_device == "cuda" or (train_device == "auto" and torch.cuda.is_available()) \
-            else "cpu"  # as harness.distributed.init_runtime decides
+        self.device = resolve_device(cfg.train.device)  # as harness.distributed.init_runtime decides
         self.backend = resolve_backend(c.backend, self.device)
         self.skeleton = skeleton_for(c.name)
         self.val_records = load_split(c, "val")[: c.max_val_samples]

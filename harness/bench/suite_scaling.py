@@ -17,6 +17,7 @@ import torch
 
 from data_pipelines.errors import UserError
 from harness.bench.variants import Variant
+from harness.distributed import resolve_device
 
 
 def run(args, variants: list[Variant]) -> dict:
@@ -24,7 +25,7 @@ def run(args, variants: list[Variant]) -> dict:
         raise UserError("bench scaling measures one available variant (--variants NAME)")
     v = variants[0]
     cfg = v.cfg
-    cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
+    cuda = resolve_device(cfg.train.device) == "cuda"
     gpus = torch.cuda.device_count() if cuda else 0
     sizes = args.world_sizes or ([w for w in (1, 2, 4, 8, 16) if w <= gpus] if cuda else [1, 2])
     if cuda and max(sizes) > gpus:
