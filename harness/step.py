@@ -63,12 +63,15 @@ class Model:
             return self.module.no_sync()
         return nullcontext()
 
-    def grad_norm(self) -> torch.Tensor:
-        """L2 norm of the accumulated gradients (call between the last backward and step), on the device.
-        Under an fp16 GradScaler this is the scaled norm."""
+    def grad_norm(self) -> torch.Tensor | None:
+        """L2 norm of the accumulated gradients (call between the last backward and step), on the device;
+        None where it is not measured (a DeepSpeed engine keeps ZeRO's gradients in its own partitions). Under
+        an fp16 GradScaler this is the scaled norm."""
+        if self.engine is not None:
+            return None
         grads = [p.grad for p in unwrap(self.module).parameters() if p.grad is not None]
         if not grads:
-            return torch.zeros((), dtype=torch.float64)
+            return None
         return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.double()) for g in grads]))
 
 
@@ -114,9 +117,8 @@ def train_step(micro_batches: list[dict], g: Model, d: Model | None, objective: 
             values.add({"loss_mse": loss_mse, "loss_g": loss_g})
             g.backward(loss_g / len(micro_batches))
     if measure_grad_norms:
-        values.values["grad_norm_g"] = g.grad_norm()
-        if d is not None:
-            values.values["grad_norm_d"] = d.grad_norm()
+        norms = {"grad_norm_g": g.grad_norm(), "grad_norm_d": d.grad_norm() if d is not None else None}
+        values.values.update({k: v for k, v in norms.items() if v is not None})
     if d is not None:
         d.step()
     g.step()
