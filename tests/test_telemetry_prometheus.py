@@ -112,7 +112,7 @@ def scraped(server: Prometheus, promql: str, want: dict[str, float], timeout: fl
 def test_prometheus_scrapes_a_two_rank_run(prometheus, tmp_path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
-           "-m", "harness", "train", "--run-dir", str(run_dir), *TINY, "train.max_steps=40",
+           "-m", "harness", "train", "--run-dir", str(run_dir), *TINY, "train.max_steps=120",
            "telemetry.enabled=true", "telemetry.linger_s=15"]
     res = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, f"--- stdout\n{res.stdout[-3000:]}\n--- stderr\n{res.stderr[-5000:]}"
