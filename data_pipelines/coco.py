@@ -53,7 +53,7 @@ def load_coco(annotation_file, image_dir, aspect_ratio: float = 1.0) -> list[Pos
     if not (np.isfinite(aspect_ratio) and aspect_ratio > 0):
         raise UserError(f"COCO aspect_ratio must be > 0, got {aspect_ratio}")
     path = Path(annotation_file)
-    data = _read_json(path)
+    data = read_coco_json(path)
     coco = coco_index(path, data)
     person_ids = coco.getCatIds(catNms=["person"])
     if len(person_ids) != 1:
@@ -95,7 +95,8 @@ def load_coco(annotation_file, image_dir, aspect_ratio: float = 1.0) -> list[Pos
     return records
 
 
-def _read_json(path: Path) -> dict:
+def read_coco_json(path: Path) -> dict:
+    """A COCO annotation file's top level: a JSON object with the lists images, annotations, categories."""
     data = read_json(path)
     if not isinstance(data, dict):
         raise AnnotationError.at(path, f"expected a JSON object, got {type(data).__name__}")

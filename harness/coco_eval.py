@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipelines.coco import coco_index
+from data_pipelines.coco import coco_index, read_coco_json
 from data_pipelines.errors import AnnotationError, UserError, read_json
 from data_pipelines.records import PoseRecord
 from data_pipelines.skeletons import COCO as COCO_SKELETON
@@ -76,12 +76,7 @@ class CocoKeypointResult:
 def load_ground_truth(path) -> object:
     """A `pycocotools.coco.COCO` of a keypoint annotation file, after checking every field COCOeval reads."""
     path = Path(path)
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise AnnotationError.at(path, f"expected a JSON object, got {type(data).__name__}")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise AnnotationError.at(path, f"missing list {key!r}")
+    data = read_coco_json(path)
     image_ids = set()
     for i, img in enumerate(data["images"]):
         if not isinstance(img, dict) or "id" not in img:
