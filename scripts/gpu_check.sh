@@ -6,6 +6,15 @@
 #   bash scripts/gpu_check.sh [--out DIR]  # there (default out: docs/benchmarks)
 #   bash scripts/gpu_check.sh --dry        # no GPU (or asked): the same steps on the CPU at tiny sizes (CI);
 #                                          # its reports go to a temporary folder unless --out is given
+#   --budget SECONDS                       # stop starting steps when the time is spent: later steps are listed as
+#                                          # SKIP (a lease of a few minutes); each step's own limit shrinks to fit
+#   --logs DIR                             # where each step's log goes (default /tmp)
+#   --only "GROUP ..."                     # run only these groups (default all): checks kernels e2e train infer
+#                                          # data compile
+#
+# Order (most wanted first, for a short --budget): step checks, an end-to-end `harness train` (two checkpoints,
+# a resume, eval with flip) on real images, the train suite, the Triton kernel tests and timings, the infer and
+# data suites, the inductor compile check.
 #
 # Needs only python3 with torch (+ triton on a GPU) and the repository; installs nothing from the network.
 # Runtime imports the harness needs that the image lacks (pydantic on a bare torch image) are installed from
@@ -17,13 +26,27 @@ shopt -s lastpipe  # `... | count` runs count in this shell, so its FAIL tally s
 cd "$(dirname "$0")/.."
 DRY=0
 OUT=
+BUDGET=0
+LOGS=/tmp
+ONLY=
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry) DRY=1; shift ;;
     --out) OUT=$2; shift 2 ;;
-    *) echo "usage: $0 [--dry] [--out DIR]" >&2; exit 2 ;;
+    --budget) BUDGET=$2; shift 2 ;;
+    --logs) LOGS=$2; shift 2 ;;
+    --only) ONLY=" $2 "; shift 2 ;;
+    *) echo "usage: $0 [--dry] [--out DIR] [--budget SECONDS] [--logs DIR] [--only \"GROUP ...\"]" >&2; exit 2 ;;
   esac
 done
+mkdir -p "$LOGS"
+: > "$LOGS/gpu_check.err"
+lim() {  # LIMIT: the step's time limit, cut to what is left of --budget (0 when nothing is left)
+  if [ "$BUDGET" -le 0 ]; then echo "$1"; return; fi
+  local left=$((BUDGET - SECONDS))
+  [ "$left" -lt 15 ] && { echo 0; return; }
+  [ "$left" -lt "$1" ] && echo "$left" || echo "$1"
+}
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE
 FAILS=0
@@ -73,48 +96,53 @@ DRYFLAG=$( [ "$DRY" = 1 ] && echo --dry )
 [ -n "$OUT" ] || OUT=$( [ "$DRY" = 1 ] && mktemp -d -t gpu_check_dry.XXXX || echo docs/benchmarks )
 [ "$DRY" = 0 ] && say PASS gpu "$GPUS x $("$PY" -c 'import torch; print(torch.cuda.get_device_name(0))'), driver $(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1)"
 
-# -- Triton kernels against torch ---------------------------------------------------------------------------
-if [ "$DRY" = 1 ]; then
-  say SKIP "kernel tests" "CPU: CI runs tests/kernels under TRITON_INTERPRET=1; bench kernels below checks every case"
-elif "$PY" -c "import pytest, triton" 2>/dev/null; then
-  if SATPOSE_KEEP_GPUS=1 SATPOSE_REQUIRE_GPU=1 "$PY" -m pytest tests/kernels -q -p no:cacheprovider -x \
-      > /tmp/gpu_check_kernels.log 2>&1; then
-    say PASS "kernel tests" "$(tail -1 /tmp/gpu_check_kernels.log) (tests/kernels on cuda)"
-  else
-    say FAIL "kernel tests" "$(tail -1 /tmp/gpu_check_kernels.log); log: /tmp/gpu_check_kernels.log"
-  fi
+want() { [ -z "$ONLY" ] || [[ "$ONLY" == *" $1 "* ]]; }  # GROUP: asked for (--only)?
+due() {  # NAME LIMIT: T = the step's time limit cut to the budget; when nothing is left, SKIP and fail
+  T=$(lim "$2")
+  [ "$T" != 0 ] || { say SKIP "$1" "out of --budget ($BUDGET s)"; return 1; }
+}
+checked() {  # NAME LIMIT CMD...: a python step whose PASS/FAIL/SKIP lines are counted; its time limit is a FAIL
+  local name=$1 rc
+  due "$1" "$2" || return 0
+  shift 2
+  timeout "$T" "$@" 2>>"$LOGS/gpu_check.err" | count
+  rc=${PIPESTATUS[0]}
+  [ "$rc" = 124 ] && say FAIL "$name" "stopped at its time limit ($T s); stderr: $LOGS/gpu_check.err"
+  return 0
+}
+
+# -- steps (bf16, fp16 x objectives), checkpoint, deterministic, process group + BatchNorm -------------------
+if want checks; then
+checked "step checks" 150 "$PY" -m harness.bench.gpucheck $DRYFLAG --only steps checkpoint deterministic
+if [ "$DRY" = 1 ] || [ "$GPUS" -ge 2 ]; then
+  checked "distributed checks" 90 "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 \
+    -m harness.bench.gpucheck $DRYFLAG --only distributed
 else
-  say SKIP "kernel tests" "pytest or triton not installed"
+  checked "distributed checks" 90 "$PY" -m harness.bench.gpucheck --only distributed
+fi
 fi
 
 # -- DALI's GPU pipeline (mixed decode, GPU warp) against the torch backend, where DALI is installed -----------
 if [ "$DRY" = 1 ]; then
   say SKIP "DALI GPU path" "CPU: CI runs tests/test_dali.py in DALI's CPU mode"
 elif "$PY" -c "import pytest, nvidia.dali" 2>/dev/null; then
-  if SATPOSE_KEEP_GPUS=1 "$PY" -m pytest tests/test_dali.py -k gpu_path -q -p no:cacheprovider -rs \
-      > /tmp/gpu_check_dali.log 2>&1 && ! grep -q "SKIPPED" /tmp/gpu_check_dali.log; then
-    say PASS "DALI GPU path" "$(tail -1 /tmp/gpu_check_dali.log)"
+  if due "DALI GPU path" 120 && SATPOSE_KEEP_GPUS=1 timeout "$T" "$PY" -m pytest tests/test_dali.py -k gpu_path -q \
+      -p no:cacheprovider -rs > $LOGS/gpu_check_dali.log 2>&1 && ! grep -q "SKIPPED" $LOGS/gpu_check_dali.log; then
+    say PASS "DALI GPU path" "$(tail -1 $LOGS/gpu_check_dali.log)"
   else
-    say FAIL "DALI GPU path" "$(tail -1 /tmp/gpu_check_dali.log); log: /tmp/gpu_check_dali.log"
+    say FAIL "DALI GPU path" "$(tail -1 $LOGS/gpu_check_dali.log); log: $LOGS/gpu_check_dali.log"
   fi
 else
-  say SKIP "DALI GPU path" "DALI not installed (bash scripts/setup.sh dali)"
+  say SKIP "DALI GPU path" "DALI not installed (bash scripts/setup.sh dali): its GPU decode + warp rate is not measured"
 fi
 
-# -- steps (bf16, fp16 x objectives), compile, checkpoint, deterministic, process group + BatchNorm ------------
-"$PY" -m harness.bench.gpucheck $DRYFLAG --only steps compile checkpoint deterministic 2>/tmp/gpu_check.err | count
-if [ "$DRY" = 1 ] || [ "$GPUS" -ge 2 ]; then
-  "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 -m harness.bench.gpucheck $DRYFLAG \
-    --only distributed 2>>/tmp/gpu_check.err | count
-else
-  "$PY" -m harness.bench.gpucheck --only distributed 2>>/tmp/gpu_check.err | count
-fi
-
-# -- benchmark suites ---------------------------------------------------------------------------------------
+# -- sizes and data of the benchmark suites ------------------------------------------------------------------
 if [ -f .gpu/lsp/joints.mat ]; then
   DATA=(data.name=lsp data.root=.gpu/lsp data.train_split=all data.val_split=all)
+  EVAL_DATA=(--data-root .gpu/lsp --split all)
 else
   DATA=(data.name=synthetic)
+  EVAL_DATA=()
   say SKIP "real images" "no .gpu/lsp (scripts/make_gpu_bundle.sh): the suites read synthetic people"
 fi
 if [ "$DRY" = 1 ]; then
@@ -122,31 +150,86 @@ if [ "$DRY" = 1 ]; then
         train.batch_size=4 data.num_workers=0 data.max_train_samples=16 data.max_val_samples=4
         data.synthetic_train_size=16 data.synthetic_val_size=4 train.device=cpu)
   RUN=(--steps 2 --warmup 1 --repeats 1); VARIANTS=(reference bf16); BS=(1 4); KB=(--kernel-batch 2)
+  E2E=(train.batch_size=4 train.val_every=2 train.log_every=1); E2E_STEPS=(2 4); WORKERS=(0); SAMPLES=64
 else
   SIZE=(train.batch_size=64 data.num_workers=8 train.device=cuda)
   RUN=(--steps 10 --warmup 3 --repeats 3); VARIANTS=(reference fast); BS=(1 16 64 256); KB=()
+  E2E=(train.batch_size=32 data.num_workers=8 train.device=cuda data.max_val_samples=96 train.val_every=40
+       train.log_every=20 train.precision=bf16 train.channels_last=true train.fused_optimizer=true)
+  E2E_STEPS=(40 80); WORKERS=(0 4 8 $(nproc)); SAMPLES=320
 fi
 NOTE="scripts/gpu_check.sh$( [ "$DRY" = 1 ] && echo ' --dry (CPU rehearsal at tiny sizes: not a measurement)' )"
-bench() {  # NAME TIMEOUT ARGS...: one suite, its report's files listed
-  local name=$1 limit=$2 t0=$SECONDS; shift 2
-  if timeout "$limit" "$PY" -m harness bench "$@" --out "$OUT" --note "$NOTE" > "/tmp/gpu_check_$name.log" 2>&1; then
-    say PASS "bench $name" "$((SECONDS - t0)) s; $(grep '^wrote' "/tmp/gpu_check_$name.log" | sed 's/^wrote //' | tr '\n' ' ')"
+bench() {  # NAME LIMIT ARGS...: one suite, its report's files listed
+  local name=$1 limit=$2 t0=$SECONDS rc; shift 2
+  due "bench $name" "$limit" || return 0
+  timeout "$T" "$PY" -m harness bench "$@" --out "$OUT" --note "$NOTE" > "$LOGS/gpu_check_$name.log" 2>&1
+  rc=$?
+  if [ "$rc" = 0 ]; then
+    say PASS "bench $name" "$((SECONDS - t0)) s; $(grep '^wrote' "$LOGS/gpu_check_$name.log" | sed 's/^wrote //' | tr '\n' ' ')"
   else
-    say FAIL "bench $name" "exit $? (timeout ${limit}s); log: /tmp/gpu_check_$name.log: $(tail -2 "/tmp/gpu_check_$name.log" | tr '\n' ' ')"
+    say FAIL "bench $name" "exit $rc (124: its time limit); log: $LOGS/gpu_check_$name.log: $(tail -2 "$LOGS/gpu_check_$name.log" | tr '\n' ' ')"
   fi
 }
-bench train 300 train --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" --input resident --variants "${VARIANTS[@]}" \
-  "${RUN[@]}" --label "sat-4s-1s$( [ "$DRY" = 1 ] && echo -dry )"
-bench infer 180 infer --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" --variants "${VARIANTS[@]}" --batch-sizes "${BS[@]}" \
-  "${RUN[@]}" --label "g-4s$( [ "$DRY" = 1 ] && echo -dry )"
-if [ "$DRY" = 0 ] && [ "$GPUS" -ge 2 ]; then  # DDP over NCCL with D run twice per step (issue 14, item 4)
-  bench scaling 240 scaling --preset lsp-sat-4s "${DATA[@]}" train.batch_size=32 data.num_workers=4 train.device=cuda \
-    --input resident --steps 5 --warmup 2 --repeats 2 --label sat-4s-1s
-else
-  say SKIP "bench scaling" "needs 2 GPUs (DDP over NCCL, issue 14 item 4); CI runs it on CPU with gloo"
+
+# -- end to end: `harness train` (two validations + checkpoints), a resume to more steps, `harness eval` --------
+if want e2e; then
+E2E_DIR=$(mktemp -d -t gpu_check_e2e.XXXX)
+e2e() {  # STEPS [--resume auto]
+  local steps=$1; shift
+  due "e2e train" 240 || return 99
+  timeout "$T" "$PY" -m harness train --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" "${E2E[@]}" \
+    train.max_steps="$steps" --run-dir "$E2E_DIR" "$@" > "$LOGS/gpu_check_e2e_$steps.log" 2>&1
+}
+t0=$SECONDS
+e2e "${E2E_STEPS[0]}"; rc=$?
+if [ "$rc" = 0 ]; then e2e "${E2E_STEPS[1]}" --resume auto; rc=$?; fi
+if [ "$rc" = 0 ]; then
+  "$PY" - "$E2E_DIR/summary.json" "${E2E_STEPS[@]}" <<'EOF2' | count
+import json, sys
+s = json.load(open(sys.argv[1]))
+first, last = int(sys.argv[2]), int(sys.argv[3])
+ok = s["steps"] == last and s["steps_this_run"] == last - first and s["value"] == s["value"]
+print(f"{'PASS' if ok else 'FAIL'} e2e train: {s['steps']} steps ({s['steps_this_run']} after the resume) on "
+      f"{s['device']}, {s['images_per_s']} img/s in training, held-out {s['metric']} {s['value']:.2f}")
+EOF2
+  if due "e2e eval" 120; then
+    if timeout "$T" "$PY" -m harness eval --checkpoint "$E2E_DIR/checkpoints/best.pt" "${EVAL_DATA[@]}" \
+        --batch-size 32 --json > "$LOGS/gpu_check_e2e_eval.log" 2>&1; then
+      say PASS "e2e eval" "$(tail -1 "$LOGS/gpu_check_e2e_eval.log" | cut -c1-200)"
+    else
+      say FAIL "e2e eval" "log: $LOGS/gpu_check_e2e_eval.log: $(tail -2 "$LOGS/gpu_check_e2e_eval.log" | tr '\n' ' ')"
+    fi
+  fi
+elif [ "$rc" != 99 ]; then
+  say FAIL "e2e train" "exit $rc after $((SECONDS - t0)) s; logs: $LOGS/gpu_check_e2e_*.log: $(tail -3 "$LOGS"/gpu_check_e2e_*.log | tr '\n' ' ' | cut -c1-600)"
 fi
+fi
+
+# -- benchmark suites ---------------------------------------------------------------------------------------
+want train && bench train 300 train --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" --input resident --variants "${VARIANTS[@]}" \
+  "${RUN[@]}" --label "sat-4s-1s$( [ "$DRY" = 1 ] && echo -dry )"
+# -- Triton kernels against torch ---------------------------------------------------------------------------
+if want kernels; then
+if [ "$DRY" = 1 ]; then
+  say SKIP "kernel tests" "CPU: CI runs tests/kernels under TRITON_INTERPRET=1; bench kernels below checks every case"
+elif ! "$PY" -c "import pytest, triton" 2>/dev/null; then
+  say SKIP "kernel tests" "pytest or triton not installed"
+elif due "kernel tests" 150; then
+  SATPOSE_KEEP_GPUS=1 SATPOSE_REQUIRE_GPU=1 timeout "$T" "$PY" -m pytest tests/kernels -q \
+    -p no:cacheprovider > $LOGS/gpu_check_kernel_tests.log 2>&1
+  rc=$?
+  if [ "$rc" = 0 ]; then
+    say PASS "kernel tests" "$(tail -1 $LOGS/gpu_check_kernel_tests.log) (tests/kernels on cuda)"
+  else
+    say FAIL "kernel tests" "exit $rc: $(tail -1 $LOGS/gpu_check_kernel_tests.log); log: $LOGS/gpu_check_kernel_tests.log"
+  fi
+fi
+fi
+
+# -- kernels: each Triton kernel against its torch reference, timed against the bandwidth floor ----------------
+if want kernels; then
 bench kernels 120 kernels "${KB[@]}" --repeats 3 --label "$( [ "$DRY" = 1 ] && echo dry || echo gpu-check )"
-KJSON=$(grep '^wrote .*kernels.*\.json' /tmp/gpu_check_kernels.log 2>/dev/null | sed 's/^wrote //')
+KJSON=$(grep '^wrote .*kernels.*\.json' $LOGS/gpu_check_kernels.log 2>/dev/null | sed 's/^wrote //')
 if [ -n "$KJSON" ]; then
   "$PY" - "$KJSON" <<'EOF2' | count
 import json, sys
@@ -158,6 +241,25 @@ for r in json.load(open(sys.argv[1]))["rows"]:
                  if r.get("timed") else ", not timed (interpreter)"))
 EOF2
 fi
+fi
+
+# -- inference and the loader ------------------------------------------------------------------------------
+want infer && bench infer 180 infer --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" --variants "${VARIANTS[@]}" --batch-sizes "${BS[@]}" \
+  "${RUN[@]}" --label "g-4s$( [ "$DRY" = 1 ] && echo -dry )"
+if want data && [ "${DATA[0]}" = data.name=synthetic ]; then
+  say SKIP "bench data" "the loader suite reads image files: no .gpu/lsp"
+elif want data; then  # the torch loader on this host's cores
+  bench data 120 data --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" --workers "${WORKERS[@]}" --samples "$SAMPLES" \
+    --repeats 2 --label "torch-loader$( [ "$DRY" = 1 ] && echo -dry )"
+fi
+if [ "$DRY" = 0 ] && [ "$GPUS" -ge 2 ]; then  # DDP over NCCL with D run twice per step (issue 14, item 4)
+  bench scaling 240 scaling --preset lsp-sat-4s "${DATA[@]}" train.batch_size=32 data.num_workers=4 train.device=cuda \
+    --input resident --steps 5 --warmup 2 --repeats 2 --label sat-4s-1s
+else
+  say SKIP "bench scaling" "needs 2 GPUs (DDP over NCCL, issue 14 item 4); CI runs it on CPU with gloo"
+fi
+# -- inductor: torch.compile of G (last: its first compile takes the longest) ------------------------------------
+want compile && checked "compile check" 150 "$PY" -m harness.bench.gpucheck $DRYFLAG --only compile
 
 echo "---"
 echo "gpu_check: $SECONDS s, $FAILS failed; skipped: $( [ ${#SKIPS[@]} -gt 0 ] && printf '%s; ' "${SKIPS[@]}" || echo nothing)"
