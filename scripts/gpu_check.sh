@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The one command to run on a machine with a GPU: every CUDA path with a PASS / FAIL / SKIP line, then the
-# train, infer and kernels benchmark suites (about 8 minutes on one H100), reports written to --out.
+# train, infer, kernels and data benchmark suites, reports written to --out. Its full length on one H100 is not
+# known: a first try (2026-11-26) ran out of its 400 s budget in the train suite's torch.compile; on a short
+# lease use --budget and --only groups.
 #
 #   bash scripts/make_gpu_bundle.sh        # here, once: .gpu/ (LSP subset + offline wheels), carried along
 #   bash scripts/gpu_check.sh [--out DIR]  # there (default out: docs/benchmarks)
@@ -215,8 +217,11 @@ if [ "$DRY" = 1 ]; then
 elif ! "$PY" -c "import pytest, triton" 2>/dev/null; then
   say SKIP "kernel tests" "pytest or triton not installed"
 elif due "kernel tests" 150; then
-  SATPOSE_KEEP_GPUS=1 SATPOSE_REQUIRE_GPU=1 timeout "$T" "$PY" -m pytest tests/kernels -q \
-    -p no:cacheprovider > $LOGS/gpu_check_kernel_tests.log 2>&1
+  # not the TRITON_INTERPRET=1 rerun (CI's CPU check): Triton 3.6's interpreter fails under numpy 2.5 on a
+  # runtime loop bound (int() of a 1-element array), seen on the H100 image, 2026-11-26
+  SATPOSE_KEEP_GPUS=1 SATPOSE_REQUIRE_GPU=1 timeout "$T" "$PY" -m pytest tests/kernels -q -p no:cacheprovider \
+    --deselect tests/kernels/test_interpreter.py::test_kernels_under_the_interpreter \
+    > $LOGS/gpu_check_kernel_tests.log 2>&1
   rc=$?
   if [ "$rc" = 0 ]; then
     say PASS "kernel tests" "$(tail -1 $LOGS/gpu_check_kernel_tests.log) (tests/kernels on cuda)"

@@ -18,6 +18,7 @@ import statistics
 import tempfile
 import time
 
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from harness.bench.suite_train import _host_batches, _Run
@@ -74,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     events = prof.key_averages()
     print(f"profile of variant {v.name}, {args.steps} steps, sorted by {key}:")
     print(events.table(sort_by=key, row_limit=args.rows, max_name_column_width=70))
-    if rt.device.type == "cuda":
-        dev = sum(e.self_device_time_total for e in events) / 1e3 / args.steps
+    if rt.device.type == "cuda":  # kernels only: an op's row repeats the time of the kernels it launched
+        dev = sum(e.self_device_time_total for e in events
+                  if e.device_type == DeviceType.CUDA and not e.is_user_annotation) / 1e3 / args.steps
         print(f"device time per step (sum of kernels): {dev:.1f} ms")
     if args.trace:
         prof.export_chrome_trace(args.trace)
