@@ -128,6 +128,16 @@ def test_bench_kernels_checks_every_case_under_the_interpreter(tmp_path):
     assert any("NOT timed" in n for n in report["notes"])
 
 
+def test_profile_step_times_each_variant_and_profiles_the_first(capsys):
+    from harness.bench import profile_step
+    assert profile_step.main(["--preset", "lsp-sat-4s", *TINY, "--variants", "bf16", "reference", "--steps", "2",
+                              "--warmup", "1", "--rows", "5"]) == 0
+    out = capsys.readouterr().out
+    for name in ("bf16", "reference"):
+        assert f"variant {name} (" in out and "img/s, batch 4, on cpu" in out, out
+    assert "profile of variant bf16, 2 steps" in out and "aten::convolution_backward" in out, out
+
+
 @pytest.mark.slow
 def test_bench_scaling_two_ranks(tmp_path):
     args = ["bench", "scaling", *[t for t in TINY if not t.startswith("train.threads")], "--world-sizes", "1", "2",
