@@ -47,13 +47,12 @@ def run(args) -> int:
         return 0
     if not args.preset:
         raise UserError("sweep needs --preset NAME (or: sweep report DIR)")
-    from sweeps.report import write_report
     from sweeps.runner import run_sweep
 
     result = run_sweep(args.preset, args.words, seeds=args.seeds, scheduler=args.scheduler,
                        gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
-                       storage=args.storage, name=args.name, resume=args.resume)
-    paths = write_report(result["experiment_dir"], args.out)
+                       storage=args.storage, name=args.name, resume=args.resume, report=args.out or True)
+    paths = result["report"]
     print(f"sweep {result['experiment_dir']}: report {paths['markdown']}", flush=True)
     if result["errors"]:
         print("error: failed trials:\n  " + "\n  ".join(result["errors"]), file=sys.stderr)

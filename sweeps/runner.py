@@ -4,15 +4,23 @@ The experiment lives in `<storage>/<name>/`: Tune's own state, `sweep.json` (wha
 the report), and one run dir per trial, `<point>-seed<k>/` (config.yaml, checkpoints, metrics.jsonl,
 summary.json, train.log). A sweep started with `resume=True` restores Tune's state when there is one, so
 finished trials are not run again and unfinished ones continue from their own checkpoints.
+
+Ray's fixed cost is kept off the sweep's wall time where that changes nothing else (measured in
+docs/sweeps.md, "Measured here"): the report's imports run while Ray starts, Tune's TensorBoard logger
+(whose import pulls in torch, ~1 s before the first trial) is left out, and Ray shuts down while the
+report is written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
 import json
 import os
 import secrets
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +40,19 @@ def _write_token(path: Path) -> None:
         f.write(secrets.token_hex(32))
 
 
-def _start_ray(experiment_dir: Path, num_cpus: int | None) -> bool:
+def _import_quietly(names: tuple[str, ...]) -> None:
+    """Import modules ahead of need; a failure here is raised again where the module is really imported."""
+    for name in names:
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
+
+
+def _start_ray(experiment_dir: Path, num_cpus: int | None, meanwhile: tuple[str, ...] = ()) -> bool:
     """Connect to `RAY_ADDRESS` (slurm/sweep.sh's cluster, its token path in the environment), or start a
-    local Ray on loopback with token authentication (a fresh token in the experiment dir) and no
-    dashboard. Returns whether this call connected or started Ray (and so must shut it down)."""
+    local Ray on loopback with token authentication (a fresh token in the experiment dir), no dashboard and
+    no usage-stats reporting. Returns whether this call connected or started Ray (and so must shut it
+    down). The modules `meanwhile` are imported in a thread while `ray.init` waits for Ray's processes
+    (they must not be Ray's own: `ray.init` imports some of those lazily)."""
     if "ray" not in sys.modules and not os.environ.get("RAY_ADDRESS") and "RAY_AUTH_MODE" not in os.environ:
         # Before `import ray`: Ray reads its authentication settings once, at import.
         token = experiment_dir / TOKEN_FILE
@@ -44,13 +61,44 @@ def _start_ray(experiment_dir: Path, num_cpus: int | None) -> bool:
     import ray
 
     if ray.is_initialized():
+        _import_quietly(meanwhile)
         return False
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
-    else:
-        ray.init(num_cpus=num_cpus, num_gpus=None, include_dashboard=False, log_to_driver=False,
-                 _node_ip_address="127.0.0.1")
+    importer = threading.Thread(target=_import_quietly, args=(meanwhile,), name="sweep-imports", daemon=True)
+    importer.start()
+    try:
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+        else:
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # as sweep.sh: no usage report to Ray's servers
+            ray.init(num_cpus=num_cpus, num_gpus=None, include_dashboard=False, log_to_driver=False,
+                     _node_ip_address="127.0.0.1")
+    finally:
+        importer.join()
     return True
+
+
+@contextlib.contextmanager
+def _csv_and_json_loggers_only():
+    """Tune's result loggers without its TensorBoard one: `TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1` while Tune
+    sets up (Ray's documented switch; the CSV and JSON loggers are passed explicitly). The harness
+    writes its own metrics; tensorboardX's import alone (it imports torch) cost ~1 s of the driver's time
+    before the first trial."""
+    key = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+    saved = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = saved
+
+
+def _loggers() -> list:
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    return [CSVLoggerCallback(), JsonLoggerCallback()]
 
 
 def _scheduler(name: str, spec: TrialSpec):
@@ -80,9 +128,10 @@ def missing_trials(experiment_dir: Path) -> list[str]:
 def run_sweep(preset: str, overrides: list[str] = (), seeds: int | None = None, scheduler: str = "fifo",
               gpus_per_trial: int = 0, cpus_per_trial: int = 1, storage: str | Path = "runs/sweeps",
               name: str | None = None, resume: bool = False, max_failures: int = 2,
-              num_cpus: int | None = None) -> dict[str, Any]:
+              num_cpus: int | None = None, report: bool | str | Path = False) -> dict[str, Any]:
     """Run the sweep `preset` (see sweeps.presets) and return {"experiment_dir", "unfinished", "errors",
-    "without_summary"} (the last includes trials ASHA stopped early).
+    "without_summary", "report"} ("without_summary" includes trials ASHA stopped early; "report" the
+    paths sweeps.report.write_report wrote, or None).
 
     Every (point, seed) config is validated before Ray starts. `resume=True` restores the experiment
     `<storage>/<name>` when Tune can (and starts it otherwise): completed trials are kept, unfinished
@@ -118,9 +167,11 @@ def run_sweep(preset: str, overrides: list[str] = (), seeds: int | None = None, 
                             f"{old.get('overrides')}, seeds {old.get('seeds')}: resume it with the same")
     (experiment_dir / "sweep.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
-    started = _start_ray(experiment_dir, num_cpus)
+    started = _start_ray(experiment_dir, num_cpus, meanwhile=("sweeps.report",) if report is not False else ())
+    import ray
     from ray import tune
 
+    fitted = False
     try:
         trainable = tune.with_resources(functools.partial(run_trial, spec=spec),
                                         {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
@@ -133,18 +184,30 @@ def run_sweep(preset: str, overrides: list[str] = (), seeds: int | None = None, 
                 param_space={"point": tune.grid_search(list(p.points)), "seed": tune.grid_search(list(range(seeds)))},
                 tune_config=tune.TuneConfig(metric="score", mode="max", scheduler=_scheduler(scheduler, spec)),
                 run_config=tune.RunConfig(name=name, storage_path=str(experiment_dir.parent), verbose=1,
-                                          failure_config=tune.FailureConfig(max_failures=max_failures)))
-        results = tuner.fit()
+                                          failure_config=tune.FailureConfig(max_failures=max_failures),
+                                          callbacks=_loggers()))
+        with _csv_and_json_loggers_only():
+            results = tuner.fit()
         errors = [_first_line(e) for e in results.errors]
+        fitted = True
     finally:
-        if started:
-            import ray
+        # Ray's shutdown waits ~1 s on its autoscaler monitor: the report is written meanwhile.
+        stopper = threading.Thread(target=ray.shutdown, name="ray-shutdown") if started else None
+        if stopper is not None:
+            stopper.start()
+        try:
+            paths = None
+            if fitted and report is not False:
+                from sweeps.report import write_report
 
-            ray.shutdown()
+                paths = write_report(experiment_dir, None if report is True else report)
+        finally:
+            if stopper is not None:
+                stopper.join()
     without_summary = missing_trials(experiment_dir)
     # Tune marks interrupted trials TERMINATED too (Ray 2.60), so "unfinished" is read from the run dirs:
     # under FIFO every trial ends with a summary.json; under ASHA a trial without one may have been stopped
     # early on purpose, so an interrupted ASHA sweep is not told apart (resume it by hand).
     unfinished = without_summary if scheduler == "fifo" else []
     return {"experiment_dir": experiment_dir, "unfinished": unfinished, "errors": errors,
-            "without_summary": without_summary}
+            "without_summary": without_summary, "report": paths}

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,7 +131,10 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
                     tune.report(val_report(row))
             if code is not None:
                 break
-            time.sleep(POLL_S)
+            try:  # wakes the moment the trainer exits (a sleep cost up to POLL_S per trial)
+                proc.wait(timeout=POLL_S)
+            except subprocess.TimeoutExpired:
+                pass
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)  # the trainer checkpoints on SIGTERM

@@ -121,6 +121,12 @@ def test_tiny_grid_completes_and_a_crashed_trial_resumes(tiny_sweep):
             assert [s["resumed_step"] for s in starts] == [0, 16]
         else:
             assert len(starts) == 1  # trained once
+    # Tune's own per-trial files: its CSV and JSON loggers, not its TensorBoard one (sweeps.runner, whose
+    # import of tensorboardX pulled torch into the driver before the first trial: docs/sweeps.md)
+    tune_dirs = list(exp.glob("run_trial_*"))
+    assert len(tune_dirs) == len(POINTS)
+    assert all((d / "result.json").is_file() and (d / "progress.csv").is_file() for d in tune_dirs)
+    assert not list(exp.glob("run_trial_*/events.out.tfevents.*"))
 
 
 
@@ -280,6 +286,7 @@ def test_killed_driver_resumes_only_unfinished_trials(tmp_path):
         else:
             assert len(_starts(run)) == 1
     assert (exp / "report.md").is_file()
+    assert not list(exp.glob("run_trial_*/events.out.tfevents.*"))  # restored without the TensorBoard logger
 
 
 def _submit_sweep(env, tmp_path, extra_env: dict[str, str], args: list[str]) -> str:
