@@ -26,13 +26,14 @@ if ! .venv/bin/python -c 'import sys, torch; sys.exit(tuple(map(int, torch.__ver
 fi
 # DALI (the `dali` extra) comes as one wheel per CUDA major version: nvidia-dali-cuda130 where the driver
 # reports CUDA 13 or later, else nvidia-dali-cuda120. The CUDA 12 build also runs DALI's CPU mode on a machine
-# without a GPU or CUDA libraries (pipelines with device_id=None), which is what the CPU-only CI runs.
+# without a GPU or CUDA libraries (pipelines with device_id=None), which is what the CPU-only CI runs. Numba
+# (the same spec as pyproject's `dali` extra) runs the CPU-mode warp through DALI's Numba operator.
 if [[ ",$extras," == *",dali,"* ]]; then
   cuda=$({ nvidia-smi 2>/dev/null || true; } | sed -n 's/.*CUDA Version: *\([0-9]*\).*/\1/p' | head -n 1)
   dali_build=nvidia-dali-cuda120
   [ "${cuda:-0}" -ge 13 ] && dali_build=nvidia-dali-cuda130
   echo "setup: installing $dali_build (driver CUDA: ${cuda:-none})" >&2
-  "${pip[@]}" "$dali_build>=2.4,<2.5"
+  "${pip[@]}" "$dali_build>=2.4,<2.5" "numba>=0.61,<0.69"
   extras=$(echo ",$extras," | sed 's/,dali,/,/; s/^,//; s/,$//')
 fi
 "${pip[@]}" -e ".${extras:+[$extras]}"

@@ -36,7 +36,7 @@ except ImportError:
 
 from data_pipelines.loaders.cpu import PoseDataset, make_loader, warp_crop
 from data_pipelines.loaders.dali import build_pipeline, images_per_second, make_dali_loader
-from data_pipelines.loaders.dali_source import OUTPUTS, dali_matrix, png_bytes
+from data_pipelines.loaders.dali_source import OUTPUTS, dali_matrix, plan_dtype, png_bytes
 
 S, HM = 64, 16  # crop and heatmap side: small, DALI's CPU warp is slow
 
@@ -88,10 +88,8 @@ class _FixedSource:
         self.png, self.affine = png, affine
 
     def __call__(self, sample_info):
-        j = LSP.num_joints
-        return (self.png, dali_matrix(self.affine), np.zeros((j, 2), np.float32), np.zeros(j, np.int8),
-                np.zeros(j, np.float32), np.ones(3, np.float32), self.affine, np.zeros(2), np.ones(1),
-                np.zeros(1, np.int64), np.zeros(1, np.int8), np.zeros(0, np.uint8))
+        return (self.png, dali_matrix(self.affine), np.zeros(1, plan_dtype(LSP.num_joints)).view(np.uint8),
+                np.zeros(0, np.uint8))
 
 
 def asymmetric_image(h: int = 45, w: int = 70) -> np.ndarray:
@@ -102,19 +100,82 @@ def asymmetric_image(h: int = 45, w: int = 70) -> np.ndarray:
     return img
 
 
+@pytest.mark.parametrize("cpu_warp", ["numba", "dali"])
 @pytest.mark.parametrize("rotation, flip", [(90.0, True), (-23.0, False)])
-def test_warp_matches_cv2_on_the_same_decoded_image(rotation, flip):
-    """DALI's warp of a lossless PNG against cv2.warpAffine (the torch backend) of the same pixels. A half-pixel
-    or an x/y mix-up in the matrix conversion moves the ramps and the block: mean |diff| of several levels."""
+def test_warp_matches_cv2_on_the_same_decoded_image(rotation, flip, cpu_warp):
+    """DALI's warp (CPU mode: dali_warp's by DALI's Numba operator, or DALI's own fn.warp_affine) of a lossless
+    PNG against cv2.warpAffine (the torch backend) of the same pixels. A half-pixel or an x/y mix-up in the
+    matrix conversion moves the ramps and the block: mean |diff| of several levels."""
     img = asymmetric_image()
     A = crop_affine([30.3, 20.6], 0.2, S, rotation, flip)
-    pipe = build_pipeline(_FixedSource(png_bytes(img), A), 1, S, None, 1, 1)
+    pipe = build_pipeline(_FixedSource(png_bytes(img), A), 1, S, None, 1, 1, cpu_warp)
     assert len(pipe.run()) == len(OUTPUTS) - 1  # the encoded bytes and the DALI matrix become `image`
     got = torch.from_numpy(np.asarray(pipe.run()[0][0]))[None]
     want = torch.from_numpy(warp_crop(img, A, S))[None]
     mean, p99 = crop_stats(want, got)
     assert mean < 0.5 and p99 <= 2, (mean, p99)
     assert want[0, 1:-1, 1:-1].float().std() > 20  # the crop is not empty: the test can see a shift
+
+
+def reference_warp(image: np.ndarray, M: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear warp in float64, written from the definition: destination pixel (x, y) reads the source at
+    M @ (x + .5, y + .5) - .5 (DALI's matrix, pixel corners at integers), taps outside the image are black,
+    rounded half up."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    M = M.astype(np.float64)
+    sx, sy = M[0, 0] * x + M[0, 1] * y + M[0, 2] - 0.5, M[1, 0] * x + M[1, 1] * y + M[1, 2] - 0.5
+    x0, y0 = np.floor(sx).astype(int), np.floor(sy).astype(int)
+    ax, ay = (sx - x0)[..., None], (sy - y0)[..., None]
+    h, w = image.shape[:2]
+    out = np.zeros((size, size, 3))
+    for dy, wy in ((0, 1 - ay), (1, ay)):
+        for dx, wx in ((0, 1 - ax), (1, ax)):
+            xx, yy = x0 + dx, y0 + dy
+            inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
+            out += np.where(inside[..., None], wy * wx * image[yy.clip(0, h - 1), xx.clip(0, w - 1)], 0)
+    return np.floor(out + 0.5).astype(np.uint8)
+
+
+def test_numba_warp_matches_references_on_real_lsp(lsp_train):
+    """dali_warp's kernel on real LSP images (Pillow-decoded) with training-like matrices, the asymmetric 90
+    degree rotation + flip among them and crops reaching past the image (black border): within one grey level
+    of the float64 reference (its positions are rounded to 1/2048 pixel), and as close to cv2.warpAffine
+    (the torch backend's warp) as the parity tests ask."""
+    from data_pipelines.images import load_image
+    from data_pipelines.loaders.dali_warp import warp_affine_linear
+
+    rng = np.random.default_rng(0)
+    cases = [(0, 1.0, 90.0, True), (1, 1.6, -23.0, False), (2, 0.6, 0.0, False)]
+    cases += [(i, rng.uniform(0.75, 1.6), rng.uniform(-30, 30), bool(rng.random() < 0.5)) for i in range(3, 10)]
+    ref_diffs, cv2_diffs, border = [], [], 0
+    for i, scale, rotation, flip in cases:
+        image = load_image(lsp_train[i].image)
+        h, w = image.shape[:2]
+        A = crop_affine([w / 2 + 7.3, h / 2 - 4.1], scale * max(h, w) / 200, 128, rotation, flip)
+        got = np.empty((128, 128, 3), np.uint8)
+        warp_affine_linear(got, image, dali_matrix(A))
+        ref_diffs.append(np.abs(got.astype(int) - reference_warp(image, dali_matrix(A), 128)))
+        cv2_diffs.append(torch.from_numpy(got)[None])
+        want = torch.from_numpy(warp_crop(image, A, 128))[None]
+        mean, p99 = crop_stats(want, cv2_diffs[-1])
+        assert mean < 0.5 and p99 <= 2, (i, mean, p99)
+        border += int((got == 0).all(-1).sum())
+    d = np.stack(ref_diffs)
+    assert d.max() <= 1 and (d > 0).mean() < 0.01, (d.max(), (d > 0).mean())
+    assert border > 1000  # some crops reach past the image: the black border was exercised
+
+
+def test_cpu_mode_warps_with_the_numba_operator_built_once(lsp_train):
+    """DALI's CPU mode uses dali_warp's operator (not the fallback), compiled once per crop size and process."""
+    from data_pipelines.loaders.dali_warp import warp_operator
+
+    ds = PoseDataset(lsp_train[:4], LSP, S, HM, 1.0, Augmentation())
+    warp_operator.cache_clear()
+    for _ in range(2):
+        assert len(list(make_dali_loader(ds, batch_size=2, shuffle=False))) == 2
+    assert warp_operator.cache_info().misses == 1 and warp_operator.cache_info().hits == 1
+    with pytest.raises(ValueError, match="cpu_warp"):
+        build_pipeline(_FixedSource(png_bytes(asymmetric_image()), np.eye(2, 3)), 1, S, None, 1, 1, "cv2")
 
 
 # ------------------------------------------------------------------------------------------------ real LSP

@@ -3,7 +3,9 @@
 Per batch of this rank's `EpochBatchSampler` order, a DALI pipeline runs
   fn.external_source(DaliSampleSource, parallel, per sample)  encoded bytes + the sample's plan (numpy)
   -> fn.decoders.image(device="mixed" on a GPU, "cpu" otherwise; RGB, no EXIF turn, fancy upsampling)
-  -> fn.warp_affine(matrix=the plan's matrix in DALI's convention, size=(S, S), fill_value=0, bilinear)
+  -> fn.warp_affine(matrix=the plan's matrix in DALI's convention, size=(S, S), fill_value=0, bilinear) on a GPU;
+     in CPU mode the same warp by dali_warp.warp_operator (DALI's Numba operator; DALI's CPU warp_affine
+     is 3-4x slower than cv2's, dali_warp's is about as fast; fn.warp_affine if Numba is missing)
 and the loader turns its outputs into the same host batch as the CPU backend (uint8 crops; every other field
 straight from sampling.plan_sample), so `batch.prepare_batch` does colour, normalisation and targets for both.
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -41,10 +44,8 @@ import torch
 from data_pipelines.batch import BatchLoader
 from data_pipelines.errors import UserError
 from data_pipelines.loaders.cpu import PoseDataset
-from data_pipelines.loaders.dali_source import BAD, GOOD, OUTPUTS, DaliSampleSource
+from data_pipelines.loaders.dali_source import BAD, GOOD, OUTPUTS, PLAN_FIELDS, DaliSampleSource, plan_dtype
 from data_pipelines.sampling import EpochBatchSampler
-
-_FIELDS = ("joints", "visibility", "target_weight", "color", "affine", "center", "scale", "index")
 
 
 def dali_available() -> bool:
@@ -62,12 +63,30 @@ def require_dali() -> None:
                         "`bash scripts/setup.sh dali` (it picks the DALI build for this machine)")
 
 
+def numba_available() -> bool:
+    """Whether Numba is installed (the `dali` extra brings it), without importing it."""
+    return importlib.util.find_spec("numba") is not None
+
+
 def build_pipeline(source: DaliSampleSource, batch_size: int, input_size: int, device_id: int | None,
-                   num_threads: int, py_workers: int):
-    """The DALI pipeline (built) over `source`; device_id None: DALI CPU mode, else mixed decode + GPU warp."""
+                   num_threads: int, py_workers: int, cpu_warp: str = "numba"):
+    """The DALI pipeline (built) over `source`; device_id None: DALI CPU mode, else mixed decode + GPU warp.
+    cpu_warp (CPU mode only): "numba", dali_warp's warp by DALI's Numba operator (fn.warp_affine when Numba is
+    missing), or "dali", DALI's own CPU fn.warp_affine (3-4x slower); both give the same crops."""
     from nvidia.dali import fn, pipeline_def, types
 
+    if cpu_warp not in ("numba", "dali"):
+        raise ValueError(f"cpu_warp must be 'numba' or 'dali', got {cpu_warp!r}")
     gpu = device_id is not None
+    numba_warp = None
+    if not gpu and cpu_warp == "numba":
+        if numba_available():
+            from data_pipelines.loaders.dali_warp import warp_operator
+
+            numba_warp = warp_operator(input_size)
+        else:
+            warnings.warn("Numba is not installed: DALI's CPU mode warps with its own fn.warp_affine, 3-4x slower "
+                          "(bash scripts/setup.sh dali installs Numba)", stacklevel=2)
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
                   py_num_workers=py_workers, py_start_method="spawn" if gpu else "fork")
@@ -75,8 +94,11 @@ def build_pipeline(source: DaliSampleSource, batch_size: int, input_size: int, d
         outs = fn.external_source(source=source, num_outputs=len(OUTPUTS), batch=False, parallel=True)
         image = fn.decoders.image(outs[0], device="mixed" if gpu else "cpu", output_type=types.RGB,
                                   adjust_orientation=False, jpeg_fancy_upsampling=True)
-        crop = fn.warp_affine(image, matrix=outs[1], size=(input_size, input_size), fill_value=0,
-                              interp_type=types.INTERP_LINEAR)
+        if numba_warp is not None:
+            crop = numba_warp(image, outs[1])
+        else:
+            crop = fn.warp_affine(image, matrix=outs[1], size=(input_size, input_size), fill_value=0,
+                                  interp_type=types.INTERP_LINEAR)
         return (crop, *outs[2:])
 
     pipe = pipeline()
@@ -88,11 +110,13 @@ class DaliLoader(BatchLoader):
     """One rank's DALI loader over a PoseDataset's records and settings (see the module docstring).
 
     device: "cpu" (DALI CPU mode) or a CUDA device, where `image` arrives on that device. num_workers: Python
-    workers of the external source (>= 1); num_threads: DALI's operator threads (default num_workers).
+    workers of the external source (>= 1); num_threads: DALI's operator threads (default num_workers);
+    cpu_warp: build_pipeline's (CPU mode's warp: "numba" or "dali").
     """
 
     def __init__(self, dataset: PoseDataset, sampler: EpochBatchSampler, device: str | torch.device = "cpu",
-                 num_workers: int = 1, num_threads: int | None = None, keep_empty: bool = False):
+                 num_workers: int = 1, num_threads: int | None = None, keep_empty: bool = False,
+                 cpu_warp: str = "numba"):
         super().__init__(sampler, dataset.on_bad_sample, keep_empty)
         self.dataset = dataset
         self.device = torch.device(device)
@@ -100,13 +124,15 @@ class DaliLoader(BatchLoader):
             (self.device.index if self.device.index is not None else torch.cuda.current_device())
         self.py_workers = max(1, int(num_workers))
         self.num_threads = int(num_threads or self.py_workers)
+        self.cpu_warp = cpu_warp
+        self.plan_dtype = plan_dtype(dataset.skeleton.num_joints)
 
     def _pipeline(self, start_batch: int, reference_batches: frozenset[int]):
         d = self.dataset
         source = DaliSampleSource(d.records, self.sampler, d.augmentation, d.input_size, d.heatmap_size, d.sigma,
                                   d.skeleton.flip_index, d.image_loader, start_batch, reference_batches)
         return build_pipeline(source, self.sampler.batch_size, d.input_size, self.device_id, self.num_threads,
-                              self.py_workers)
+                              self.py_workers, self.cpu_warp)
 
     def host_batches(self) -> Iterator[dict]:
         k, end = self.sampler.start_batch, self.sampler.batches_per_epoch
@@ -131,19 +157,18 @@ class DaliLoader(BatchLoader):
             pipe = None  # shuts DALI and its Python workers down, also when the consumer stops early
 
     def _host_batch(self, outs) -> dict:
-        fields = dict(zip(_FIELDS, (o.as_array() for o in outs[1:1 + len(_FIELDS)])))
-        status = outs[-2].as_array().reshape(-1)
-        good = np.flatnonzero(status == GOOD)
-        bad = np.flatnonzero(status == BAD)
-        index = fields["index"].reshape(-1)
+        plan = outs[1].as_array().view(self.plan_dtype).reshape(-1)  # [B] records (dali_source.plan_dtype)
+        good = np.flatnonzero(plan["status"] == GOOD)
+        bad = np.flatnonzero(plan["status"] == BAD)
+        index = plan["index"]
         batch: dict = {"num_samples": len(good),
                        "skipped": [self.dataset.records[index[i]].image for i in bad],
                        "skipped_reasons": [np.asarray(outs[-1][int(i)]).tobytes().decode() for i in bad]}
         if len(good):
-            batch["image"] = _image_tensor(outs[0])[torch.from_numpy(good).to(self.device)]
-            for name, value in fields.items():
-                value = value[good]
-                batch[name] = torch.from_numpy(value.reshape(-1) if name in ("scale", "index") else value)
+            image = _image_tensor(outs[0])  # a copy, then a second one only to leave bad samples out
+            batch["image"] = image if len(good) == len(plan) else image[torch.from_numpy(good).to(self.device)]
+            for name in PLAN_FIELDS:
+                batch[name] = torch.from_numpy(np.ascontiguousarray(plan[name][good]))
         return batch
 
 
@@ -161,14 +186,15 @@ def _image_tensor(images) -> torch.Tensor:
 def make_dali_loader(dataset: PoseDataset, batch_size: int, seed: int = 0, epoch: int = 0, rank: int = 0,
                      world_size: int = 1, num_workers: int = 1, shuffle: bool = True, drop_last: bool = False,
                      start_batch: int = 0, persistent_workers: bool = False, keep_empty: bool = False,
-                     device: str | torch.device = "cpu", num_threads: int | None = None) -> DaliLoader:
+                     device: str | torch.device = "cpu", num_threads: int | None = None,
+                     cpu_warp: str = "numba") -> DaliLoader:
     """A DaliLoader for one rank: the same arguments and batches as loaders.cpu.make_loader, plus `device`.
     DALI's Python workers belong to one pipeline, i.e. one pass over the loader, whatever
     `persistent_workers` says (taken so that both backends accept the same arguments)."""
     require_dali()
     sampler = EpochBatchSampler(len(dataset), batch_size, seed, epoch, rank, world_size, shuffle, drop_last,
                                 start_batch)
-    return DaliLoader(dataset, sampler, device, num_workers, num_threads, keep_empty)
+    return DaliLoader(dataset, sampler, device, num_workers, num_threads, keep_empty, cpu_warp)
 
 
 def images_per_second(loader: BatchLoader, batches: int, warmup: int = 1,
