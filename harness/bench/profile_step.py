@@ -21,7 +21,7 @@ import time
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from harness.bench.suite_train import _host_batches, _Run
+from harness.bench.suite_train import VariantRun, host_batches
 from harness.bench.timing import sync
 from harness.bench.variants import resolve
 from harness.data import RunData
@@ -44,11 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = variants[0].cfg
     rt = init_runtime(cfg.train.device, cfg.distributed.backend)
     data = RunData(cfg, rt.rank, rt.world_size)
-    host = next(_host_batches(data, cfg.train.batch_size))
+    host = next(host_batches(data, cfg.train.batch_size))
     tmp = tempfile.TemporaryDirectory(prefix="satpose-profile-")
     first = None
     for v in variants:
-        run = _Run(v, rt, data, cfg.train.batch_size, tmp.name)
+        run = VariantRun(v, rt, data, cfg.train.batch_size, tmp.name)
         batch = [data.to_device(host, rt.device, v.cfg.train.channels_last)]
         t = v.cfg.train
         times = []

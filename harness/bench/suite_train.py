@@ -61,7 +61,7 @@ def step_flops(cfg: Config, num_joints: int, torso, micro_batch: int) -> int:
     return int(counter.get_total_flops())
 
 
-class _Run:
+class VariantRun:
     """One variant's models, handles, objective and sinks."""
 
     def __init__(self, v: Variant, rt: Runtime, data: RunData, micro_batch: int, run_dir: str):
@@ -88,7 +88,7 @@ class _Run:
         return n
 
 
-def _host_batches(data: RunData, micro_batch: int) -> Iterator[dict]:
+def host_batches(data: RunData, micro_batch: int) -> Iterator[dict]:
     epoch = 0
     while True:
         for batch in data.train_loader(micro_batch, epoch):
@@ -115,16 +115,16 @@ def run(variants: list[Variant], steps: int, warmup: int, repeats: int, input_mo
         raise UserError(f"train.batch_size ({t.batch_size}) must be divisible by world size x grad_accum")
     micro_batch = t.batch_size // (rt.world_size * t.grad_accum)
     data = RunData(cfg0, rt.rank, rt.world_size)
-    host = _host_batches(data, micro_batch)
+    host = host_batches(data, micro_batch)
     tmp = tempfile.TemporaryDirectory(prefix="satpose-bench-")
-    runs: dict[str, _Run] = {}
+    runs: dict[str, VariantRun] = {}
     setup_s, warmup_s = {}, {}
     for v in usable:
         if v.cfg.train.precision == "fp16" and rt.device.type != "cuda":
             v.unavailable.append("train.precision=fp16 (needs a GPU)")
             continue
         t0 = time.perf_counter()
-        r = runs[v.name] = _Run(v, rt, data, micro_batch, f"{tmp.name}/{v.name}")
+        r = runs[v.name] = VariantRun(v, rt, data, micro_batch, f"{tmp.name}/{v.name}")
         if input_mode == "resident":
             first = [next(host) for _ in range(t.grad_accum)]
             r.resident = [data.to_device(b, rt.device, v.cfg.train.channels_last) for b in first]
@@ -136,7 +136,7 @@ def run(variants: list[Variant], steps: int, warmup: int, repeats: int, input_mo
         sync(rt.device)
         warmup_s[v.name] = time.perf_counter() - t0
 
-    def block(r: _Run):
+    def block(r: VariantRun):
         def timed(_repeat: int) -> dict:
             if rt.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(rt.device)
@@ -196,11 +196,11 @@ def _tf(x: float | None) -> str:
     return "-" if x is None else f"{x:.4g}"
 
 
-def _micro(r: _Run, host: Iterator[dict], grad_accum: int) -> list[dict]:
+def _micro(r: VariantRun, host: Iterator[dict], grad_accum: int) -> list[dict]:
     return r.resident_host if r.resident else [next(host) for _ in range(grad_accum)]
 
 
-def _row(r: _Run, res: list[dict], flops_per_image: float, rt: Runtime, pk: dict, setup_s: float,
+def _row(r: VariantRun, res: list[dict], flops_per_image: float, rt: Runtime, pk: dict, setup_s: float,
          warmup_s: float) -> dict:
     e2e = spread([x["images"] / x["wall_s"] for x in res])
     compute = spread([x["images"] / max(x["wall_s"] - x["data_s"], 1e-12) for x in res])
