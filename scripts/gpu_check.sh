@@ -127,15 +127,15 @@ fi
 # -- DALI's GPU pipeline (mixed decode, GPU warp) against the torch backend, where DALI is installed -----------
 if [ "$DRY" = 1 ]; then
   say SKIP "DALI GPU path" "CPU: CI runs tests/test_dali.py in DALI's CPU mode"
-elif "$PY" -c "import pytest, nvidia.dali" 2>/dev/null; then
-  if due "DALI GPU path" 120 && SATPOSE_KEEP_GPUS=1 timeout "$T" "$PY" -m pytest tests/test_dali.py -k gpu_path -q \
+elif ! "$PY" -c "import pytest, nvidia.dali" 2>/dev/null; then
+  say SKIP "DALI GPU path" "DALI not installed (bash scripts/setup.sh dali): its GPU decode + warp rate is not measured"
+elif due "DALI GPU path" 120; then
+  if SATPOSE_KEEP_GPUS=1 timeout "$T" "$PY" -m pytest tests/test_dali.py -k gpu_path -q \
       -p no:cacheprovider -rs > $LOGS/gpu_check_dali.log 2>&1 && ! grep -q "SKIPPED" $LOGS/gpu_check_dali.log; then
     say PASS "DALI GPU path" "$(tail -1 $LOGS/gpu_check_dali.log)"
   else
     say FAIL "DALI GPU path" "$(tail -1 $LOGS/gpu_check_dali.log); log: $LOGS/gpu_check_dali.log"
   fi
-else
-  say SKIP "DALI GPU path" "DALI not installed (bash scripts/setup.sh dali): its GPU decode + warp rate is not measured"
 fi
 
 # -- sizes and data of the benchmark suites ------------------------------------------------------------------
