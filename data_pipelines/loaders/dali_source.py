@@ -28,7 +28,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from data_pipelines.batch import SAMPLE_FIELDS
+from data_pipelines.batch import SAMPLE_FIELDS, sample_fields
 from data_pipelines.images import BadImageError
 from data_pipelines.records import PoseRecord
 from data_pipelines.sampling import Augmentation, BadSampleError, EpochBatchSampler, SampleKey, plan_sample
@@ -39,7 +39,7 @@ from data_pipelines.sampling import Augmentation, BadSampleError, EpochBatchSamp
 _HALF = np.array([0.5, 0.5])
 
 OUTPUTS = ("encoded", "warp_matrix", "plan", "reason")
-PLAN_FIELDS = ("joints", "visibility", "target_weight", "color", "affine", "center", "scale", "index")
+PLAN_FIELDS = tuple(k for k in SAMPLE_FIELDS if k != "image")  # the host batch's fields but the crop (DALI's)
 GOOD, BAD, PAD = 0, 1, 2  # `status`: a usable sample, a bad one (`reason` says why), padding past the end
 
 _JPEG_SOF_OK = {0xC0, 0xC1, 0xC2}  # baseline, extended Huffman, progressive
@@ -212,10 +212,9 @@ class DaliSampleSource:
         if image.reason:
             return self._output(index, BAD, image.reason)
         packed = np.zeros(1, self.plan_dtype)
-        for name, value in (("joints", plan.joints), ("visibility", plan.visibility),
-                            ("target_weight", plan.target_weight), ("color", plan.color), ("affine", plan.affine),
-                            ("center", record.center), ("scale", record.scale), ("index", index)):
-            packed[name] = value
+        fields = sample_fields(None, plan, record, index)  # the crop is DALI's to make
+        for name in PLAN_FIELDS:
+            packed[name] = fields[name]
         return image.data, dali_matrix(plan.affine), packed.view(np.uint8), np.zeros(0, np.uint8)
 
     def _output(self, index: int, status: int, reason: str = "") -> tuple[np.ndarray, ...]:
