@@ -78,11 +78,12 @@ def _crash_after_first_checkpoint(exp: Path, done: threading.Event, killed: list
     import psutil
 
     ckpt = exp / CRASHED / "checkpoints" / "step-00000016.pt"
+    config = str((exp / CRASHED / "config.yaml").resolve())  # the full path: only this test's trainer, no other sweep's
     while not done.is_set() and not killed:
         if ckpt.is_file():
             for proc in psutil.process_iter(["pid", "cmdline"]):
-                cmd = " ".join(proc.info["cmdline"] or [])
-                if "harness train" in cmd and f"{CRASHED}/config.yaml" in cmd:
+                cmd = proc.info["cmdline"] or []
+                if "train" in cmd and config in cmd:
                     proc.kill()
                     killed.append(proc.info["pid"])
         time.sleep(0.05)
