@@ -32,7 +32,7 @@ def test_every_point_is_a_valid_config(name):
         cfg = trial_config(_spec(name), point, seed=1)
         assert cfg.train.seed == 1 and cfg.train.device == "cpu"
         if name.endswith("-tiny"):
-            assert cfg.data.name == "synthetic" and cfg.train.max_steps <= 100 and cfg.data.input_size <= 128
+            assert cfg.data.name == "synthetic" and cfg.train.max_steps <= 1000 and cfg.data.input_size <= 128
         elif cfg.data.root is not None:
             assert cfg.data.root.is_absolute() and str(cfg.data.root).startswith("/work")  # Tune chdirs
 

@@ -31,6 +31,10 @@ from test_slurm_cluster import _log, _report, _run, _wait_final, slurm_env  # no
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_SH = REPO / "slurm" / "sweep.sh"
 PRESET = "sat-fig10-tiny"  # 4 points: 1- and 2-stack G x conditional or not
+# CI-sized trials (seconds each): the tiny twins' 1000 steps of a 32-feature G cut to 64 steps of a 16-feature
+# G at batch 4, validated and checkpointed every 16 steps.
+CI_SIZE = ["train.max_steps=64", "train.val_every=16", "train.log_every=8", "train.batch_size=4",
+           "model.features=16", "data.synthetic_train_size=64", "data.synthetic_val_size=16"]
 POINTS = ["g1-cond", "g1-uncond", "g2-cond", "g2-uncond"]
 
 
@@ -98,7 +102,7 @@ def tiny_sweep(ray_local, tmp_path_factory):
     crasher = threading.Thread(target=_crash_after_first_checkpoint, args=(storage / PRESET, done, killed))
     crasher.start()
     try:
-        result = run_sweep(PRESET, seeds=1, storage=storage)
+        result = run_sweep(PRESET, CI_SIZE, seeds=1, storage=storage)
     finally:
         done.set()
         crasher.join()
@@ -252,7 +256,8 @@ def _alive(pids: list[int]) -> list[int]:
 def test_killed_driver_resumes_only_unfinished_trials(tmp_path):
     _need_ray()
     storage = tmp_path / "sweeps"
-    cmd = [sys.executable, "-m", "harness", "sweep", "--preset", PRESET, "--seeds", "1", "--storage", str(storage)]
+    cmd = [sys.executable, "-m", "harness", "sweep", "--preset", PRESET, "--seeds", "1", "--storage", str(storage),
+           *CI_SIZE]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     exp = storage / PRESET
     with (tmp_path / "first.log").open("w") as log:
@@ -303,7 +308,7 @@ def test_sweep_job_preempted_requeues_and_completes(slurm_env, tmp_path):  # noq
     """The tiny grid as a SLURM job, signalled (USR1, as before the time limit) while trials train: the
     driver stops and saves, the job requeues itself, and the second run finishes only what was left."""
     _need_ray()
-    job_id = _submit_sweep(slurm_env, tmp_path, {}, ["--preset", PRESET, "--seeds", "1"])
+    job_id = _submit_sweep(slurm_env, tmp_path, {}, ["--preset", PRESET, "--seeds", "1", *CI_SIZE])
     exp = tmp_path / "sweeps" / "job"
     deadline = time.monotonic() + 200
     while not any('"kind": "train"' in p.read_text() for p in exp.glob("*/metrics.jsonl")):
@@ -330,7 +335,7 @@ def test_sweep_job_preempted_requeues_and_completes(slurm_env, tmp_path):  # noq
 def test_sweep_job_ray_requires_the_token(slurm_env, tmp_path):  # noqa: F811
     _need_ray()
     env = {"SATPOSE_SWEEP_MODULE": "sweep_probe", "PYTHONPATH": str(REPO / "tests")}
-    job_id = _submit_sweep(slurm_env, tmp_path, env, ["--preset", PRESET])
+    job_id = _submit_sweep(slurm_env, tmp_path, env, ["--preset", PRESET, *CI_SIZE])
     job = _wait_final(slurm_env, job_id, timeout=200)
     report = _report(slurm_env, job_id)
     assert (job["JobState"], job["ExitCode"]) == ("COMPLETED", "0:0"), report
@@ -355,7 +360,8 @@ def test_asha_scheduler_counts_validations():
     from sweeps.runner import _scheduler
     from sweeps.trial import TrialSpec
 
-    spec = TrialSpec(get_preset(PRESET), ("train.max_steps=96",), "/tmp/x", str(REPO), 1, 0)
+    spec = TrialSpec(get_preset(PRESET), ("train.max_steps=96", "train.val_every=16"), "/tmp/x", str(REPO), 1, 0)
     asha = _scheduler("asha", spec)
     assert isinstance(asha, ASHAScheduler) and asha._max_t == 96 // 16 + 1
     assert _scheduler("fifo", spec) is None
+
