@@ -3,8 +3,8 @@
 `python -m harness sweep report DIR [--out OUT]`
 
 Runs a Ray Tune sweep of `harness train` trials (see sweeps/presets.py for the presets), then writes its
-report into the experiment folder. Exit 0: every trial finished; 85: the sweep was interrupted
-(SIGUSR1/SIGINT to the driver) and `--resume` continues it; 1: some trials failed.
+report into the experiment folder. Exit 0: every trial finished (or ASHA stopped it early); 85: the sweep
+was interrupted (SIGUSR1/SIGINT to the driver) and `--resume` continues it; 1: some trials failed.
 """
 
 from __future__ import annotations

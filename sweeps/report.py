@@ -15,20 +15,24 @@ from typing import Any
 from data_pipelines.errors import UserError
 from sweeps.presets import get_preset
 from sweeps.stats import estimate, paired_difference
+from sweeps.trial import run_name, stopped_early
 
 
 def collect(experiment_dir: Path) -> dict[str, Any]:
-    """{"manifest", "scores": {point: {seed: value}}, "curves": {point: {seed: [(step, value)]}}, "metric"}"""
+    """{"manifest", "scores": {point: {seed: value}}, "curves": {point: {seed: [(step, value)]}}, "metric",
+    "stopped_early": [run]}"""
     manifest_path = experiment_dir / "sweep.json"
     if not manifest_path.is_file():
         raise UserError(f"{experiment_dir} is not a sweep directory (no sweep.json)")
     manifest = json.loads(manifest_path.read_text())
     scores: dict[str, dict[int, float]] = {p: {} for p in manifest["points"]}
     curves: dict[str, dict[int, list[tuple[int, float]]]] = {p: {} for p in manifest["points"]}
-    metric = None
+    metric, early = None, []
     for point in manifest["points"]:
         for seed in range(manifest["seeds"]):
-            run = experiment_dir / f"{point}-seed{seed}"
+            run = experiment_dir / run_name(point, seed)
+            if stopped_early(run) and not (run / "summary.json").is_file():
+                early.append(run.name)
             if (run / "summary.json").is_file():
                 summary = json.loads((run / "summary.json").read_text())
                 scores[point][seed] = float(summary["value"])
@@ -37,7 +41,7 @@ def collect(experiment_dir: Path) -> dict[str, Any]:
                 rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
                 by_step = {r["step"]: float(r["value"]) for r in rows if r.get("kind") == "val"}
                 curves[point][seed] = sorted(by_step.items())
-    return {"manifest": manifest, "scores": scores, "curves": curves, "metric": metric}
+    return {"manifest": manifest, "scores": scores, "curves": curves, "metric": metric, "stopped_early": early}
 
 
 def summarize(data: dict[str, Any]) -> dict[str, Any]:
@@ -59,8 +63,9 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
     return {"preset": preset.name, "description": preset.description, "metric": data["metric"],
             "overrides": manifest["overrides"], "seeds": manifest["seeds"], "points": points,
             "comparisons": comparisons, "paper": preset.paper, "paper_metric": preset.paper_metric,
-            "missing": [f"{p}-seed{s}" for p in manifest["points"] for s in range(manifest["seeds"])
-                        if s not in scores[p]]}
+            "stopped_early": data["stopped_early"],
+            "missing": [run_name(p, s) for p in manifest["points"] for s in range(manifest["seeds"])
+                        if s not in scores[p] and run_name(p, s) not in data["stopped_early"]]}
 
 
 def _fmt(est: dict | None) -> str:
@@ -93,8 +98,10 @@ def markdown(summary: dict[str, Any], png_names: list[str]) -> str:
                          + (paper if paper_head else ""))
     if summary["paper"]:
         lines += ["", f"Papers: {summary['paper']}"]
+    if summary["stopped_early"]:
+        lines += ["", f"Stopped early by ASHA (no final result): {', '.join(summary['stopped_early'])}"]
     if summary["missing"]:
-        lines += ["", f"Runs without a result (unfinished, failed or stopped early): {', '.join(summary['missing'])}"]
+        lines += ["", f"Runs without a result (unfinished or failed): {', '.join(summary['missing'])}"]
     lines += [""] + [f"![{name}]({name})" for name in png_names]
     return "\n".join(lines) + "\n"
 

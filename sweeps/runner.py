@@ -26,7 +26,7 @@ from typing import Any
 
 from data_pipelines.errors import UserError
 from sweeps.presets import get_preset
-from sweeps.trial import TrialSpec, run_name, run_trial, trial_config
+from sweeps.trial import TrialSpec, run_name, run_trial, stopped_early, trial_config
 
 TOKEN_FILE = "ray_auth_token"
 
@@ -102,14 +102,16 @@ def _loggers() -> list:
 
 
 def _scheduler(name: str, spec: TrialSpec):
+    """None (FIFO), or ASHA counting one time unit per validation report (+1 for the final summary
+    report, so a trial that runs to its end is never cut at max_t), marking the trials it stops."""
     if name == "fifo":
         return None
-    from ray.tune.schedulers import ASHAScheduler
+    from sweeps.asha import MarkingASHA
 
     cfg = trial_config(spec, next(iter(spec.preset.points)), 0).train
     validations = max(1, cfg.max_steps // cfg.val_every) if cfg.val_every else 1
-    return ASHAScheduler(time_attr="training_iteration", max_t=validations + 1,
-                         grace_period=max(1, validations // 4), reduction_factor=2)
+    return MarkingASHA(spec.experiment_dir, time_attr="training_iteration", max_t=validations + 1,
+                       grace_period=max(1, validations // 4), reduction_factor=2)
 
 
 def _first_line(error: Exception) -> str:
@@ -120,7 +122,7 @@ def _first_line(error: Exception) -> str:
 
 
 def missing_trials(experiment_dir: Path) -> list[str]:
-    """Run dirs of the sweep in `experiment_dir` that have no summary.json yet."""
+    """Run dirs of the sweep in `experiment_dir` that have no summary.json (yet)."""
     manifest = json.loads((experiment_dir / "sweep.json").read_text())
     return [r for r in manifest["runs"] if not (experiment_dir / r / "summary.json").is_file()]
 
@@ -130,8 +132,8 @@ def run_sweep(preset: str, overrides: list[str] = (), seeds: int | None = None, 
               name: str | None = None, resume: bool = False, max_failures: int = 2,
               num_cpus: int | None = None, report: bool | str | Path = False) -> dict[str, Any]:
     """Run the sweep `preset` (see sweeps.presets) and return {"experiment_dir", "unfinished", "errors",
-    "without_summary", "report"} ("without_summary" includes trials ASHA stopped early; "report" the
-    paths sweeps.report.write_report wrote, or None).
+    "without_summary", "report"} ("without_summary" includes the trials ASHA stopped early, "unfinished"
+    not; "report" the paths sweeps.report.write_report wrote, or None).
 
     Every (point, seed) config is validated before Ray starts. `resume=True` restores the experiment
     `<storage>/<name>` when Tune can (and starts it otherwise): completed trials are kept, unfinished
@@ -206,8 +208,7 @@ def run_sweep(preset: str, overrides: list[str] = (), seeds: int | None = None, 
                 stopper.join()
     without_summary = missing_trials(experiment_dir)
     # Tune marks interrupted trials TERMINATED too (Ray 2.60), so "unfinished" is read from the run dirs:
-    # under FIFO every trial ends with a summary.json; under ASHA a trial without one may have been stopped
-    # early on purpose, so an interrupted ASHA sweep is not told apart (resume it by hand).
-    unfinished = without_summary if scheduler == "fifo" else []
+    # every trial ends with a summary.json unless ASHA stopped it on purpose, which it marks (sweeps/asha.py).
+    unfinished = [r for r in without_summary if not stopped_early(experiment_dir / r)]
     return {"experiment_dir": experiment_dir, "unfinished": unfinished, "errors": errors,
             "without_summary": without_summary, "report": paths}

@@ -24,6 +24,7 @@ from harness.config import Config, load_config
 from sweeps.presets import SweepPreset
 
 POLL_S = 0.5
+STOPPED_EARLY = "stopped_early.json"  # in a run dir: ASHA stopped the trial before its end (sweeps/asha.py)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -40,6 +41,11 @@ class TrialSpec:
 
 def run_name(point: str, seed: int) -> str:
     return f"{point}-seed{seed}"
+
+
+def stopped_early(run_dir: Path) -> bool:
+    """ASHA stopped this trial on purpose: no summary.json, and none is owed."""
+    return (run_dir / STOPPED_EARLY).is_file()
 
 
 def trial_config(spec: TrialSpec, point: str, seed: int) -> Config:

@@ -12,7 +12,7 @@ from data_pipelines.errors import UserError
 from sweeps.presets import PRESETS, get_preset
 from sweeps.report import write_report
 from sweeps.stats import estimate, paired_difference
-from sweeps.trial import TrialSpec, trial_config
+from sweeps.trial import STOPPED_EARLY, TrialSpec, trial_config
 
 # Student t quantiles t(0.975, df) from a printed table (NIST/SEMATECH e-Handbook, Table 1.3.6.7.2)
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}
@@ -89,7 +89,9 @@ def _fake_sweep(tmp_path, preset: str, scores: dict[str, list[float]]):
         for seed, value in enumerate(values):
             run = exp / f"{point}-seed{seed}"
             run.mkdir()
-            if value is None:
+            if value == "stopped":  # ASHA's mark (sweeps/asha.py)
+                (run / STOPPED_EARLY).write_text(json.dumps({"by": "asha", "training_iteration": 1}))
+            if value in (None, "stopped"):
                 continue
             (run / "summary.json").write_text(json.dumps({"metric": "PCK@0.2", "value": value, "steps": 5}))
             rows = [{"kind": "val", "step": k, "value": value * k / 4, "metric": "PCK@0.2"} for k in (2, 4)]
@@ -119,6 +121,18 @@ def test_report_renders_with_right_numbers(tmp_path):
     md = paths["markdown"].read_text()
     assert "| `alpha-1over270` | 62.00 ± 4.97 | 60.00, 64.00, 62.00 |" in md
     assert "1/200" in md and "![report.png](report.png)" in md
+
+
+def test_report_tells_runs_asha_stopped_from_unfinished_ones(tmp_path):
+    scores = {"alpha-1over270": [60.0, "stopped"], "alpha-1over200": [61.0, None], "alpha-1over110": [50.0, 52.0]}
+    report_dir = write_report(_fake_sweep(tmp_path, "thesis-alpha-tiny", scores), tmp_path / "out")
+    report = json.loads(report_dir["json"].read_text())
+    assert report["stopped_early"] == ["alpha-1over270-seed1"]
+    assert report["missing"] == ["alpha-1over200-seed1"]
+    assert report["points"]["alpha-1over270"]["estimate"]["n"] == 1
+    md = report_dir["markdown"].read_text()
+    assert "Stopped early by ASHA (no final result): alpha-1over270-seed1" in md
+    assert "Runs without a result (unfinished or failed): alpha-1over200-seed1" in md
 
 
 def test_report_cli_and_errors(tmp_path, capsys):

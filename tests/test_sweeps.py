@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import pickle
 import re
 import signal
 import subprocess
@@ -295,6 +296,44 @@ def test_killed_driver_resumes_only_unfinished_trials(tmp_path):
     assert not list(exp.glob("run_trial_*/events.out.tfevents.*"))  # restored without the TensorBoard logger
 
 
+def test_interrupted_asha_sweep_exits_85_and_resume_finishes_it(tmp_path):
+    """Under ASHA a run without summary.json is either stopped early (marked) or unfinished: the driver
+    interrupted (SIGUSR1, as slurm/sweep.sh forwards it) exits 85, so sweep.sh requeues, and `--resume`
+    ends with every run finished or marked, none trained twice from scratch."""
+    _need_ray()
+    from sweeps.trial import stopped_early
+
+    storage = tmp_path / "sweeps"
+    cmd = [sys.executable, "-m", "harness", "sweep", "--preset", PRESET, "--seeds", "1", "--scheduler", "asha",
+           "--storage", str(storage), *CI_SIZE]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    exp = storage / PRESET
+    with (tmp_path / "first.log").open("w") as log:
+        driver = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    while not list(exp.glob("*/summary.json")) and not list(exp.glob("*/stopped_early.json")):
+        assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no trial ended within 240 s"
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGUSR1)
+    assert driver.wait(timeout=120) == 85, (tmp_path / "first.log").read_text()[-3000:]
+    first = (tmp_path / "first.log").read_text()
+    assert "sweep interrupted:" in first and "finish with --resume" in first, first[-3000:]
+    runs = [exp / f"{point}-seed0" for point in POINTS]
+    ended = {r.name for r in runs if (r / "summary.json").is_file() or stopped_early(r)}
+    assert len(ended) < len(POINTS), ended
+
+    out = subprocess.run([*cmd, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    for run in runs:
+        assert (run / "summary.json").is_file() != stopped_early(run), run.name
+        if run.name in ended:
+            assert len(_starts(run)) == 1, run.name  # not run again
+    report = json.loads((exp / "report.json").read_text())
+    assert report["missing"] == [] and sorted(report["stopped_early"]) == sorted(
+        r.name for r in runs if stopped_early(r))
+
+
 def _submit_sweep(env, tmp_path, extra_env: dict[str, str], args: list[str]) -> str:
     out = _run(["sbatch", "--parsable", f"--output={tmp_path}/%x-%j.out", "--cpus-per-task=2", "--time=5",
                 "--signal=B:USR1@30", str(SWEEP_SH), *args],
@@ -363,5 +402,36 @@ def test_asha_scheduler_counts_validations():
     spec = TrialSpec(get_preset(PRESET), ("train.max_steps=96", "train.val_every=16"), "/tmp/x", str(REPO), 1, 0)
     asha = _scheduler("asha", spec)
     assert isinstance(asha, ASHAScheduler) and asha._max_t == 96 // 16 + 1
+    assert pickle.loads(pickle.dumps(asha)).experiment_dir == "/tmp/x"  # Tune pickles it with the experiment
     assert _scheduler("fifo", spec) is None
 
+
+def test_asha_marks_the_trials_it_stops_early_and_only_those(tmp_path):
+    """An interrupted ASHA sweep is told apart from a finished one by the mark ASHA leaves in each run dir
+    it stops early: a STOP before max_t marks, reaching max_t (the end) and running on do not."""
+    _need_ray()
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from sweeps.asha import MarkingASHA
+    from sweeps.trial import STOPPED_EARLY, stopped_early
+
+    asha = MarkingASHA(tmp_path, time_attr="training_iteration", metric="score", mode="max", max_t=5,
+                       grace_period=1, reduction_factor=2)
+    trials = [SimpleNamespace(trial_id=f"t{i}", config={"point": f"p{i}", "seed": 0}) for i in range(6)]
+    for t in trials:
+        (tmp_path / f"{t.config['point']}-seed0").mkdir()
+        asha.on_trial_add(None, t)
+    decisions = {t.trial_id: asha.on_trial_result(None, t, {"training_iteration": 1, "score": 10.0 - i})
+                 for i, t in enumerate(trials)}  # each worse than the ones before it
+    stopped = {k for k, d in decisions.items() if d == TrialScheduler.STOP}
+    assert stopped and len(stopped) < len(trials), decisions
+    for i, t in enumerate(trials):
+        run = tmp_path / f"p{i}-seed0"
+        assert stopped_early(run) == (t.trial_id in stopped), (t.trial_id, decisions)
+    mark = json.loads((tmp_path / f"{trials[-1].config['point']}-seed0" / STOPPED_EARLY).read_text())
+    assert mark == {"by": "asha", "training_iteration": 1, "step": None, "score": 5.0, "max_t": 5}
+    best = trials[0]  # runs to max_t: ASHA stops it there, which is its end, not an early stop
+    assert asha.on_trial_result(None, best, {"training_iteration": 5, "score": 99.0}) == TrialScheduler.STOP
+    assert not stopped_early(tmp_path / "p0-seed0")

@@ -1,0 +1,40 @@
+"""ASHA that marks the trials it stops early, so an interrupted ASHA sweep is told apart from a finished one.
+
+A trial ASHA stops and a trial cut off by an interrupted sweep look the same on disk (a checkpoint, no
+summary.json), and Tune marks both TERMINATED. This scheduler writes `<run dir>/stopped_early.json` when
+it decides to stop a trial before its end, so "unfinished" = neither a summary.json nor that mark, under
+either scheduler, and `slurm/sweep.sh` requeues an interrupted ASHA sweep as it does a FIFO one.
+
+Imported only when `--scheduler asha` is asked for (it imports Ray). Tune pickles the scheduler with the
+experiment, so the experiment dir in it is where the sweep was started: resume it at the same path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+from sweeps.trial import STOPPED_EARLY, run_name
+
+
+class MarkingASHA(ASHAScheduler):
+    def __init__(self, experiment_dir: str | Path, **kwargs):
+        super().__init__(**kwargs)
+        self.experiment_dir = str(experiment_dir)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        at = result.get(self._time_attr)
+        if action == TrialScheduler.STOP and at is not None and at < self._max_t and not result.get("done"):
+            run_dir = Path(self.experiment_dir) / run_name(trial.config["point"], int(trial.config["seed"]))
+            if run_dir.is_dir():
+                mark = {"by": "asha", self._time_attr: at, "step": result.get("step"),
+                        "score": result.get(self._metric), "max_t": self._max_t}
+                tmp = run_dir / (STOPPED_EARLY + ".tmp")
+                tmp.write_text(json.dumps(mark) + "\n")
+                os.replace(tmp, run_dir / STOPPED_EARLY)
+        return action
+
