@@ -1,0 +1,97 @@
+"""Ray's start-up and teardown against one tiny trial (docs/sweeps.md, "Measured here").
+
+    python scripts/ray_overhead.py [--rounds 3] [--point sat-fig10-tiny:g1-cond]
+                                   [--also sat-fig11-tiny:g1-none ...] [--work DIR]
+
+Each round, in turn: a one-trial sweep (`python -m harness sweep` in a fresh process on a copy of the preset
+reduced to that point, one seed, local Ray, report included), then that trial's `config.yaml` trained by
+hand (`python -m harness train --config`, OMP_NUM_THREADS=1, as Ray runs a 1-CPU trial), then each `--also`
+point's config by hand. Every run is timed by wall clock from this process. Ray's cost = sweep - the same
+trial by hand, per round; the table gives it against each trial's time by hand. Run it on an idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Registers "<preset>@<point>" (the preset reduced to one point) in the child, then runs the sweep CLI.
+SWEEP = """
+import sys
+from dataclasses import replace
+from sweeps import presets
+from harness.cli import main
+p = presets.PRESETS[sys.argv[1]]
+name = f"{p.name}@{sys.argv[2]}"
+presets.PRESETS[name] = replace(p, name=name, points={sys.argv[2]: p.points[sys.argv[2]]}, comparisons=())
+sys.exit(main(["sweep", "--preset", name, "--seeds", "1", "--storage", sys.argv[3]]))
+"""
+
+
+def _timed(cmd: list[str], env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:6])} ... exited {out.returncode}:\n{out.stderr[-3000:]}")
+    return seconds
+
+
+def _config(preset: str, point: str, work: Path) -> Path:
+    """The trial's config.yaml, as the sweep writes it (sweeps.trial.trial_config), for the runs by hand."""
+    from sweeps.presets import get_preset
+    from sweeps.trial import TrialSpec, trial_config, write_config
+
+    spec = TrialSpec(get_preset(preset), (), str(work), str(REPO), 1, 0)
+    path = work / f"{preset}@{point}.yaml"
+    write_config(trial_config(spec, point, 0), path)
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--point", default="sat-fig10-tiny:g1-cond", help="PRESET:POINT run as a one-trial sweep")
+    ap.add_argument("--also", nargs="*", default=["sat-fig11-tiny:g1-none"], help="PRESET:POINT timed by hand")
+    ap.add_argument("--work", type=Path, default=Path("runs/ray_overhead"))
+    args = ap.parse_args()
+    sys.path.insert(0, str(REPO))
+    work = args.work.resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    hand_env = {**env, "OMP_NUM_THREADS": "1"}
+    preset, point = args.point.split(":")
+    hand = {spec: _config(*spec.split(":"), work) for spec in [args.point, *args.also]}
+    times: dict[str, list[float]] = {"sweep": [], **{spec: [] for spec in hand}}
+    for r in range(args.rounds):
+        storage = work / f"sweep{r}"
+        times["sweep"].append(_timed([sys.executable, "-c", SWEEP, preset, point, str(storage)], env))
+        for spec, config in hand.items():
+            times[spec].append(_timed([sys.executable, "-m", "harness", "train", "--config", str(config),
+                                       "--run-dir", str(work / f"hand{r}-{spec.replace(':', '@')}")], hand_env))
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
+    ray = [s - h for s, h in zip(times["sweep"], times[args.point])]
+    med = statistics.median
+    print(f"\nmachine: {os.uname().nodename}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} at the end; "
+          f"{args.rounds} rounds, medians (range)\n")
+    print("| | wall | Ray's cost (sweep - trial by hand, per round) / this |\n|---|---|---|")
+    print(f"| one-trial sweep of `{args.point}` | {med(times['sweep']):.2f} s ({min(times['sweep']):.2f}-"
+          f"{max(times['sweep']):.2f}) | Ray's cost {med(ray):.2f} s ({min(ray):.2f}-{max(ray):.2f}) |")
+    for spec in hand:
+        t = times[spec]
+        print(f"| `{spec}` by hand | {med(t):.2f} s ({min(t):.2f}-{max(t):.2f}) | {100 * med(ray) / med(t):.1f}% |")
+    (work / "times.json").write_text(json.dumps({"times": times, "ray_cost": ray}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
