@@ -11,12 +11,11 @@ experiment, so the experiment dir in it is where the sweep was started: resume i
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from harness.telemetry import write_json
 from sweeps.trial import STOPPED_EARLY, run_name
 
 
@@ -31,10 +30,6 @@ class MarkingASHA(ASHAScheduler):
         if action == TrialScheduler.STOP and at is not None and at < self._max_t and not result.get("done"):
             run_dir = Path(self.experiment_dir) / run_name(trial.config["point"], int(trial.config["seed"]))
             if run_dir.is_dir():
-                mark = {"by": "asha", self._time_attr: at, "step": result.get("step"),
-                        "score": result.get(self._metric), "max_t": self._max_t}
-                tmp = run_dir / (STOPPED_EARLY + ".tmp")
-                tmp.write_text(json.dumps(mark) + "\n")
-                os.replace(tmp, run_dir / STOPPED_EARLY)
+                write_json(run_dir / STOPPED_EARLY, {"by": "asha", self._time_attr: at, "step": result.get("step"),
+                                                     "score": result.get(self._metric), "max_t": self._max_t})
         return action
-

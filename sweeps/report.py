@@ -31,12 +31,12 @@ def collect(experiment_dir: Path) -> dict[str, Any]:
     for point in manifest["points"]:
         for seed in range(manifest["seeds"]):
             run = experiment_dir / run_name(point, seed)
-            if stopped_early(run) and not (run / "summary.json").is_file():
-                early.append(run.name)
             if (run / "summary.json").is_file():
                 summary = json.loads((run / "summary.json").read_text())
                 scores[point][seed] = float(summary["value"])
                 metric = summary["metric"]
+            elif stopped_early(run):
+                early.append(run.name)
             if (run / "metrics.jsonl").is_file():
                 rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
                 by_step = {r["step"]: float(r["value"]) for r in rows if r.get("kind") == "val"}
