@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import json
 import os
 import re
 import socket
@@ -130,14 +129,6 @@ def gather(entry: dict[str, Any]) -> list[dict[str, Any]]:
 def sd_groups(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """File-SD target groups: one per rank, its address and its labels."""
     return [{"targets": [e["target"]], "labels": e["labels"]} for e in entries]
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Atomically (Prometheus re-reads the file whenever it changes and must never see half of it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def sd_copy_name(labels: dict[str, str]) -> str:

@@ -11,8 +11,6 @@ transfer), which is also when a non-finite loss is noticed and reported with the
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from harness.config import Config
 from harness.data import RunData
 from harness.distributed import Runtime, device_notes, init_runtime
 from harness.evaluate import PROTOCOL_OF
+from harness.files import write_json
 from harness.objectives import build_objective
 from harness.optim import set_lr
 from harness.precision import set_numerics
@@ -281,10 +280,7 @@ class Trainer:
             "device": str(self.rt.device),
             "skipped_samples": skipped,
         }
-        path = self.run_dir / "summary.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_json(self.run_dir / "summary.json", summary)
         self.sinks.record("summary", summary)
         self.sinks.table(metrics.render(result))
         return summary

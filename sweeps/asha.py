@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from harness.telemetry import write_json
+from harness.files import write_json
 from sweeps.trial import STOPPED_EARLY, run_name
 
 

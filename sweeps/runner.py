@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from data_pipelines.errors import UserError
+from harness.files import write_json
 from sweeps.presets import get_preset
 from sweeps.trial import TrialSpec, run_name, run_trial, stopped_early, trial_config
 
@@ -167,7 +168,7 @@ def run_sweep(preset: str, overrides: list[str] = (), seeds: int | None = None, 
                                                                           ("preset", "overrides", "seeds")}:
             raise UserError(f"{experiment_dir}/sweep.json was started with preset {old.get('preset')}, overrides "
                             f"{old.get('overrides')}, seeds {old.get('seeds')}: resume it with the same")
-    (experiment_dir / "sweep.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_json(experiment_dir / "sweep.json", manifest)  # a kill mid-write must not leave resume a torn manifest
 
     started = _start_ray(experiment_dir, num_cpus, meanwhile=("sweeps.report",) if report is not False else ())
     import ray

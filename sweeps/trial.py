@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from harness.config import Config, load_config
+from harness.files import write_text_atomic
 from sweeps.presets import SweepPreset
 
 POLL_S = 0.5
@@ -64,9 +65,7 @@ def trial_config(spec: TrialSpec, point: str, seed: int) -> Config:
 
 
 def write_config(cfg: Config, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    os.replace(tmp, path)
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def train_command(config: Path, run_dir: Path, gpus: int) -> list[str]:

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from data_pipelines.errors import UserError
 from harness import telemetry
+from harness.files import write_json
 from harness.sinks.base import Sink
 
 # name (as exposed) -> help text; the sink creates exactly these.
@@ -110,7 +111,7 @@ class PrometheusSink(Sink):
             if self.tcfg.sd_dir is not None:
                 self.sd_files.append(Path(self.tcfg.sd_dir) / telemetry.sd_copy_name(self.labels))
             for path in self.sd_files:
-                telemetry.write_json(path, telemetry.sd_groups(entries))
+                write_json(path, telemetry.sd_groups(entries))  # atomic: Prometheus re-reads it on change
 
     @property
     def port(self) -> int:

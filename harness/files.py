@@ -1,0 +1,23 @@
+"""Files other processes may read at any moment (Prometheus, a resumed sweep, the sweep report, a user's
+`cat`): each is written whole to a hidden temp file beside it and renamed over it, so a reader sees the old
+file or the new one, never half of one, even when the writer is killed mid-write. Checkpoints have their
+own writer (harness.checkpoint: fsync'd, binary)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
