@@ -9,11 +9,13 @@ heatmaps on the device).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from data_pipelines.batch import BatchLoader, prepare_batch
+from data_pipelines.coco import coco_paths
 from data_pipelines.errors import UserError
 from data_pipelines.loaders.cpu import PoseDataset, make_loader
 from data_pipelines.loaders.dali import dali_available, make_dali_loader, require_dali
@@ -39,6 +41,15 @@ def load_split(c: DataConfig, which: str, split: str | None = None) -> list:
     elif c.name == "coco" and c.annotation_file:
         opts = {"annotation_file": c.annotation_file}
     return load_records(c.name, c.root, split, **opts)
+
+
+def val_annotations(c: DataConfig) -> Path | None:
+    """COCO: the annotation file the held-out records are read from (keypoint AP is scored against it, by
+    training-time validation and `eval` alike). None for the PCK datasets, whose records carry their truth."""
+    if c.name != "coco":
+        return None
+    return Path(c.annotation_file) if c.annotation_file else \
+        coco_paths(c.root, c.val_split or dataset_info("coco").eval_split)[0]
 
 
 def build_loader(backend: str, dataset: PoseDataset, device: str = "cpu", **kwargs) -> BatchLoader:
@@ -75,6 +86,7 @@ class RunData:
         self.backend = resolve_backend(c.backend, self.device)
         self.skeleton = skeleton_for(c.name)
         self.val_records = load_split(c, "val")[: c.max_val_samples]
+        self.val_annotations = val_annotations(c)
         self.val_set = PoseDataset(self.val_records, self.skeleton, c.input_size, c.heatmap_size, c.sigma,
                                    on_bad_sample=c.on_bad_sample)
         self._loaders: dict[tuple[str, int], BatchLoader] = {}

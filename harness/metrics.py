@@ -326,8 +326,12 @@ def render(result: PCKResult):
     return Group(*tables, joints, *notes)
 
 
+def renderable(result):
+    """A PCKResult through `render`, or any result with its own `render()` (COCO AP)."""
+    return render(result) if isinstance(result, PCKResult) else result.render()
+
+
 def print_result(result, console=None) -> None:
-    """Print a PCKResult (through `render`) or any result with its own `render()` (COCO AP)."""
     from rich.console import Console
 
-    (console or Console()).print(render(result) if isinstance(result, PCKResult) else result.render())
+    (console or Console()).print(renderable(result))

@@ -24,7 +24,7 @@ from harness.build import build_models, wrap_models
 from harness.config import Config
 from harness.data import RunData
 from harness.distributed import Runtime, device_notes, init_runtime
-from harness.evaluate import PROTOCOL_OF
+from harness.evaluate import PROTOCOL_OF, headline
 from harness.files import write_json
 from harness.objectives import build_objective
 from harness.optim import set_lr
@@ -261,13 +261,8 @@ class Trainer:
         result = self.validator.last_result
         if not self.rt.is_main:
             return {}
-        j = result.to_json()
         summary = {
-            "metric": f"{result.metric}@{result.threshold:g}",
-            "value": result.mean,
-            "auc": result.auc,
-            "per_joint": j["per_joint"],
-            "groups": j["groups"],
+            **headline(result),  # metric, value, auc, per_joint, groups
             "best": self.validator.best,
             "steps": self.step,
             "steps_this_run": self.steps_this_run,
@@ -282,5 +277,5 @@ class Trainer:
         }
         write_json(self.run_dir / "summary.json", summary)
         self.sinks.record("summary", summary)
-        self.sinks.table(metrics.render(result))
+        self.sinks.table(metrics.renderable(result))
         return summary

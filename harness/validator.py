@@ -1,5 +1,6 @@
 """Held-out validation as a component of the loop: it decides when it is due, scores G with the official
-protocol, keeps the best score, and reports the result to the sinks."""
+protocol (PCK@0.2 / PCKh@0.5, or COCO's keypoint AP against the split's annotation file), keeps the best
+score, and reports the result to the sinks."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 from harness.config import Config
 from harness.data import RunData
 from harness.distributed import Runtime
-from harness.evaluate import predict_dataset, score_records
+from harness.evaluate import headline, predict_dataset, score_records
 from harness.sinks import Sinks
 
 
@@ -18,7 +19,7 @@ class Validator:
         self.batch_size = batch_size
         self.best: dict[str, Any] = {"value": None, "step": None}
         self.last_step = -1  # step of the last validation
-        self.last_result = None  # its PCKResult (rank 0; None elsewhere)
+        self.last_result = None  # its PCKResult or CocoKeypointResult (rank 0; None elsewhere)
 
     def due(self, step: int, epoch_end: bool = False) -> bool:
         """Every `train.val_every` steps (else at every epoch end), and always at the last step."""
@@ -37,14 +38,16 @@ class Validator:
         self.last_step = step
         is_best = False
         if self.rt.is_main:
-            result = score_records(self.data.val_records, preds, c.data.name)
+            result = score_records(self.data.val_records, preds, c.data.name,
+                                   coco_annotations=self.data.val_annotations)
             self.last_result = result
-            is_best = bool(self.best["value"] is None or result.mean > self.best["value"])
+            h = headline(result)
+            is_best = bool(self.best["value"] is None or h["value"] > self.best["value"])
             if is_best:
-                self.best = {"value": float(result.mean), "step": step}
-            name = f"{result.metric}@{result.threshold:g}"
-            self.sinks.record("val", {"step": step, "metric": name, "value": result.mean, "auc": result.auc,
-                                      "per_joint": result.to_json()["per_joint"]})
-            self.sinks.info(f"val step={step} {name}={result.mean:.2f} AUC={result.auc:.2f} "
+                self.best = {"value": float(h["value"]), "step": step}
+            self.sinks.record("val", {"step": step, "metric": h["metric"], "value": h["value"], "auc": h["auc"],
+                                      "per_joint": h["per_joint"]})
+            auc = "" if h["auc"] is None else f" AUC={h['auc']:.2f}"
+            self.sinks.info(f"val step={step} {h['metric']}={h['value']:.2f}{auc} "
                             f"best={self.best['value']:.2f}@{self.best['step']}")
         return self.rt.any(is_best)

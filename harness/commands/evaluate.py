@@ -70,13 +70,8 @@ def run(args) -> int:
     generator.to(device, param_dtype(precision))  # weights in the dtype the images are fed in
     preds = predict_dataset(generator, run_data.val_loader(args.batch_size), device, skeleton,
                             flip_test=not args.no_flip, precision=precision)
-    c = cfg.data
-    coco_gt = None
-    if cfg.data.name == "coco":  # COCO keypoint AP is scored against the split's annotation file
-        from data_pipelines.coco import coco_paths
-        coco_gt = c.annotation_file or coco_paths(c.root, args.split or c.val_split or "val")[0]
-    try:
-        result = score_records(records, preds, cfg.data.name, coco_annotations=coco_gt)
+    try:  # COCO: keypoint AP against the split's annotation file
+        result = score_records(records, preds, cfg.data.name, coco_annotations=run_data.val_annotations)
     except ValueError as exc:
         raise UserError(f"cannot score {cfg.data.name}: {exc}") from None
     if args.preds_out:

@@ -8,7 +8,7 @@ Events, by `kind` of `Sink.record(kind, fields)` (host values only; the trainer 
   "start"       config (dict), world_size, rank, device, resumed_step, run_dir, objective
   "train"       at logging cadence: step, epoch, loss_g, loss_mse and, per objective, loss_adv, loss_d, l_real,
                 l_fake, k, convergence, d_fake; lr_g (lr_d), grad_norm_g (grad_norm_d), images_per_s
-  "val"         step, metric ("PCK@0.2" ...), value, auc, per_joint
+  "val"         step, metric ("PCK@0.2", "PCKh@0.5", "AP (OKS)"), value, auc and per_joint (None for COCO)
   "checkpoint"  step, path, seconds (write time), best (bool)
   "skipped"     file, reason, epoch: one unreadable/unusable sample (on the rank that met it)
   "summary"     the run's summary.json dict
