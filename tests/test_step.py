@@ -146,5 +146,5 @@ def test_sat_d_loss_uses_k():
     fake = torch.rand_like(b["heatmaps"])
     obj = build_objective(cfg, None, torch.device("cpu"))
     loss, logs = obj.d_loss(d, b["heatmaps"], fake, b["image"], b["target_weight"])
-    assert float(logs["l_fake"]) > 0
+    assert float(logs["l_fake"].detach()) > 0
     torch.testing.assert_close(loss, logs["l_real"] - 0.3 * logs["l_fake"], rtol=1e-12, atol=0)
