@@ -111,7 +111,7 @@ def _scheduler(name: str, spec: TrialSpec):
 
     cfg = trial_config(spec, next(iter(spec.preset.points)), 0).train
     validations = max(1, cfg.max_steps // cfg.val_every) if cfg.val_every else 1
-    return MarkingASHA(spec.experiment_dir, time_attr="training_iteration", max_t=validations + 1,
+    return MarkingASHA(time_attr="training_iteration", max_t=validations + 1,
                        grace_period=max(1, validations // 4), reduction_factor=2)
 
 

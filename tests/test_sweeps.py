@@ -299,7 +299,8 @@ def test_killed_driver_resumes_only_unfinished_trials(tmp_path):
 def test_interrupted_asha_sweep_exits_85_and_resume_finishes_it(tmp_path):
     """Under ASHA a run without summary.json is either stopped early (marked) or unfinished: the driver
     interrupted (SIGUSR1, as slurm/sweep.sh forwards it) exits 85, so sweep.sh requeues, and `--resume`
-    ends with every run finished or marked, none trained twice from scratch."""
+    ends with every run finished or marked, none trained twice from scratch, here from the folder the
+    experiment was moved to meanwhile (Tune pickles the scheduler, so nothing in it may name the old one)."""
     _need_ray()
     from sweeps.trial import stopped_early
 
@@ -319,10 +320,15 @@ def test_interrupted_asha_sweep_exits_85_and_resume_finishes_it(tmp_path):
     assert driver.wait(timeout=120) == 85, (tmp_path / "first.log").read_text()[-3000:]
     first = (tmp_path / "first.log").read_text()
     assert "sweep interrupted:" in first and "finish with --resume" in first, first[-3000:]
-    runs = [exp / f"{point}-seed0" for point in POINTS]
-    ended = {r.name for r in runs if (r / "summary.json").is_file() or stopped_early(r)}
+    ended = {r.name for r in (exp / f"{point}-seed0" for point in POINTS)
+             if (r / "summary.json").is_file() or stopped_early(r)}
     assert len(ended) < len(POINTS), ended
 
+    moved = tmp_path / "moved"
+    storage.rename(moved)
+    exp = moved / PRESET
+    runs = [exp / f"{point}-seed0" for point in POINTS]
+    cmd[cmd.index(str(storage))] = str(moved)
     out = subprocess.run([*cmd, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     for run in runs:
@@ -402,13 +408,14 @@ def test_asha_scheduler_counts_validations():
     spec = TrialSpec(get_preset(PRESET), ("train.max_steps=96", "train.val_every=16"), "/tmp/x", str(REPO), 1, 0)
     asha = _scheduler("asha", spec)
     assert isinstance(asha, ASHAScheduler) and asha._max_t == 96 // 16 + 1
-    assert pickle.loads(pickle.dumps(asha)).experiment_dir == "/tmp/x"  # Tune pickles it with the experiment
+    assert "/tmp/x" not in repr(vars(pickle.loads(pickle.dumps(asha))))  # Tune pickles it: no path kept in it
     assert _scheduler("fifo", spec) is None
 
 
 def test_asha_marks_the_trials_it_stops_early_and_only_those(tmp_path):
     """An interrupted ASHA sweep is told apart from a finished one by the mark ASHA leaves in each run dir
-    it stops early: a STOP before max_t marks, reaching max_t (the end) and running on do not."""
+    it stops early: a STOP before max_t marks, reaching max_t (the end) and running on do not. The mark goes
+    to the trial's own experiment folder (where `Tuner.restore` found it), not one kept in the scheduler."""
     _need_ray()
     from types import SimpleNamespace
 
@@ -417,9 +424,10 @@ def test_asha_marks_the_trials_it_stops_early_and_only_those(tmp_path):
     from sweeps.asha import MarkingASHA
     from sweeps.trial import STOPPED_EARLY, stopped_early
 
-    asha = MarkingASHA(tmp_path, time_attr="training_iteration", metric="score", mode="max", max_t=5,
+    asha = MarkingASHA(time_attr="training_iteration", metric="score", mode="max", max_t=5,
                        grace_period=1, reduction_factor=2)
-    trials = [SimpleNamespace(trial_id=f"t{i}", config={"point": f"p{i}", "seed": 0}) for i in range(6)]
+    trials = [SimpleNamespace(trial_id=f"t{i}", config={"point": f"p{i}", "seed": 0},
+                              remote_experiment_path=str(tmp_path)) for i in range(6)]
     for t in trials:
         (tmp_path / f"{t.config['point']}-seed0").mkdir()
         asha.on_trial_add(None, t)
@@ -435,3 +443,9 @@ def test_asha_marks_the_trials_it_stops_early_and_only_those(tmp_path):
     best = trials[0]  # runs to max_t: ASHA stops it there, which is its end, not an early stop
     assert asha.on_trial_result(None, best, {"training_iteration": 5, "score": 99.0}) == TrialScheduler.STOP
     assert not stopped_early(tmp_path / "p0-seed0")
+    moved = tmp_path / "moved"  # the experiment restored from another folder: the mark follows the trial
+    (moved / "p9-seed0").mkdir(parents=True)
+    late = SimpleNamespace(trial_id="t9", config={"point": "p9", "seed": 0}, remote_experiment_path=str(moved))
+    asha.on_trial_add(None, late)
+    assert asha.on_trial_result(None, late, {"training_iteration": 1, "score": -1.0}) == TrialScheduler.STOP
+    assert stopped_early(moved / "p9-seed0") and not (tmp_path / "p9-seed0").exists()
