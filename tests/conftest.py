@@ -93,3 +93,15 @@ def mpii_root() -> Path:
     """../shared/datasets/mpii: valid_gt_with_reference_preds.mat and annotations_sample.json."""
     return _need(_datasets_dir() / "mpii")
 
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """torch single-threaded for a module's tests, as in DataLoader workers; on a 2-core machine that is also
+    far faster for small per-sample ops than the default thread pool. Modules ask for it with
+    `pytestmark = pytest.mark.usefixtures("single_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

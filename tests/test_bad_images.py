@@ -9,7 +9,6 @@ import pickle
 import cv2
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from pose_sample import make_sample
 
@@ -22,13 +21,7 @@ from data_pipelines.records import NOT_ANNOTATED, PoseRecord
 from data_pipelines.sampling import BadSampleError
 from data_pipelines.skeletons import LSP
 
-
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -41,12 +41,7 @@ from data_pipelines.loaders.dali_source import OUTPUTS, dali_matrix, plan_dtype,
 S, HM = 64, 16  # crop and heatmap side: small, DALI's CPU warp is slow
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

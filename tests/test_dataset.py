@@ -25,12 +25,7 @@ TENSOR_KEYS = ("image", "joints", "visibility", "target_weight", "color", "affin
 TRAIN = Augmentation()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in DataLoader workers; much faster for per-sample ops on 2 cores
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -30,14 +30,7 @@ STRIDE = S // H
 TRAIN = Augmentation()  # the default training ranges: rotation +-30 deg, scale 0.75-1.25, flip 0.5, colour 0.2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    """DataLoader workers run torch single-threaded; on this 2-core machine that is also far faster for the
-    small per-sample ops than the default thread pool."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 # ------------------------------------------------------------------------------------------------ geometry
