@@ -8,6 +8,11 @@ reduced to that point, one seed, local Ray, report included), then that trial's 
 hand (`python -m harness train --config`, OMP_NUM_THREADS=1, as Ray runs a 1-CPU trial), then each `--also`
 point's config by hand. Every run is timed by wall clock from this process. Ray's cost = sweep - the same
 trial by hand, per round; the table gives it against each trial's time by hand. Run it on an idle machine.
+
+    python scripts/ray_overhead.py --start-stop N
+
+times only Ray's own start-up and teardown, N times, each in a fresh process: `import ray` + `ray.init` as
+the sweep driver starts a local Ray (sweeps.runner._start_ray), then `ray.shutdown`.
 """
 
 from __future__ import annotations
@@ -37,6 +42,39 @@ sys.exit(main(["sweep", "--preset", name, "--seeds", "1", "--storage", sys.argv[
 """
 
 
+# In a fresh process: Ray started as the sweep driver starts it, then stopped; prints the two times.
+START_STOP = """
+import sys, time
+from pathlib import Path
+t0 = time.perf_counter()
+from sweeps.runner import _start_ray
+t1 = time.perf_counter()
+assert _start_ray(Path(sys.argv[1]), num_cpus=2)
+import ray
+t2 = time.perf_counter()
+ray.shutdown()
+t3 = time.perf_counter()
+print(t2 - t1, t3 - t2, t1 - t0)
+"""
+
+
+def start_stop(rounds: int, work: Path, env: dict[str, str]) -> None:
+    rows = []
+    for r in range(rounds):
+        (work / f"ray{r}").mkdir()
+        out = subprocess.run([sys.executable, "-c", START_STOP, str(work / f"ray{r}")], cwd=REPO, env=env,
+                             capture_output=True, text=True, check=True)
+        rows.append([float(x) for x in out.stdout.split()[-3:]])
+        print(f"round {r + 1}: start {rows[-1][0]:.2f} s, stop {rows[-1][1]:.2f} s", flush=True)
+    med = statistics.median
+    for i, what in enumerate(["import ray + ray.init (sweeps.runner._start_ray)", "ray.shutdown",
+                              "importing sweeps.runner before it"]):
+        v = [row[i] for row in rows]
+        print(f"{what}: median {med(v):.2f} s ({min(v):.2f}-{max(v):.2f})")
+    total = [a + b for a, b, _ in rows]
+    print(f"start + stop: median {med(total):.2f} s ({min(total):.2f}-{max(total):.2f}), {rounds} rounds")
+
+
 def _timed(cmd: list[str], env: dict[str, str]) -> float:
     t0 = time.perf_counter()
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -63,12 +101,15 @@ def main() -> None:
     ap.add_argument("--point", default="sat-fig10-tiny:g1-cond", help="PRESET:POINT run as a one-trial sweep")
     ap.add_argument("--also", nargs="*", default=["sat-fig11-tiny:g1-none"], help="PRESET:POINT timed by hand")
     ap.add_argument("--work", type=Path, default=Path("runs/ray_overhead"))
+    ap.add_argument("--start-stop", type=int, metavar="N", help="time only Ray's start-up and teardown, N times")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     work = args.work.resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    if args.start_stop:
+        return start_stop(args.start_stop, work, env)
     hand_env = {**env, "OMP_NUM_THREADS": "1"}
     preset, point = args.point.split(":")
     hand = {spec: _config(*spec.split(":"), work) for spec in [args.point, *args.also]}
