@@ -453,3 +453,16 @@ def test_asha_marks_the_trials_it_stops_early_and_only_those(tmp_path):
     asha.on_trial_add(None, late)
     assert asha.on_trial_result(None, late, {"training_iteration": 1, "score": -1.0}) == TrialScheduler.STOP
     assert stopped_early(moved / "p9-seed0") and not (tmp_path / "p9-seed0").exists()
+
+
+def test_ray_overhead_script_times_a_real_start_and_stop(tmp_path):
+    """scripts/ray_overhead.py --start-stop (the figure in docs/sweeps.md) still runs: a real local Ray started
+    as the driver starts it, and stopped. Its times are printed, not judged (speed is a benchmark's job)."""
+    _need_ray()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    out = subprocess.run([sys.executable, "scripts/ray_overhead.py", "--start-stop", "1", "--work", str(tmp_path)],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    start, stop = (float(x.split(" s")[0]) for x in re.findall(r"(?:start|stop) ([\d.]+ s)", out.stdout)[:2])
+    assert start > 0 and stop > 0 and "start + stop: median" in out.stdout, out.stdout
+    assert (tmp_path / "ray0" / "ray_auth_token").is_file()  # token authentication, as the sweep driver uses
