@@ -18,7 +18,6 @@ the sweep driver starts a local Ray (sweeps.runner._start_ray), then `ray.shutdo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -104,6 +103,8 @@ def main() -> None:
     ap.add_argument("--start-stop", type=int, metavar="N", help="time only Ray's start-up and teardown, N times")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
+    from harness.files import write_json
+
     work = args.work.resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -131,7 +132,7 @@ def main() -> None:
     for spec in hand:
         t = times[spec]
         print(f"| `{spec}` by hand | {med(t):.2f} s ({min(t):.2f}-{max(t):.2f}) | {100 * med(ray) / med(t):.1f}% |")
-    (work / "times.json").write_text(json.dumps({"times": times, "ray_cost": ray}, indent=2) + "\n")
+    write_json(work / "times.json", {"times": times, "ray_cost": ray})
 
 
 if __name__ == "__main__":
