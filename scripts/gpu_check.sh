@@ -12,7 +12,9 @@
 #                                          # SKIP (a lease of a few minutes); each step's own limit shrinks to fit
 #   --logs DIR                             # where each step's log goes (default /tmp)
 #   --only "GROUP ..."                     # run only these groups (default all): checks kernels e2e train infer
-#                                          # data compile
+#                                          # data loader compile
+#   --variants "A B"                       # the train and infer suites' variants (default "reference fast"; on a
+#                                          # short lease "reference fast_eager" leaves inductor's compile out)
 #
 # Order (most wanted first, for a short --budget): step checks, an end-to-end `harness train` (two checkpoints,
 # a resume, eval with flip) on real images, the train suite, the Triton kernel tests and timings, the infer and
@@ -31,6 +33,7 @@ OUT=
 BUDGET=0
 LOGS=/tmp
 ONLY=
+VARIANTS_ARG=
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry) DRY=1; shift ;;
@@ -38,7 +41,9 @@ while [ $# -gt 0 ]; do
     --budget) BUDGET=$2; shift 2 ;;
     --logs) LOGS=$2; shift 2 ;;
     --only) ONLY=" $2 "; shift 2 ;;
-    *) echo "usage: $0 [--dry] [--out DIR] [--budget SECONDS] [--logs DIR] [--only \"GROUP ...\"]" >&2; exit 2 ;;
+    --variants) VARIANTS_ARG=$2; shift 2 ;;
+    *) echo "usage: $0 [--dry] [--out DIR] [--budget SECONDS] [--logs DIR] [--only \"GROUP ...\"] [--variants \"A B\"]" >&2
+       exit 2 ;;
   esac
 done
 mkdir -p "$LOGS"
@@ -153,13 +158,17 @@ if [ "$DRY" = 1 ]; then
         data.synthetic_train_size=16 data.synthetic_val_size=4 train.device=cpu)
   RUN=(--steps 2 --warmup 1 --repeats 1); VARIANTS=(reference bf16); BS=(1 4); KB=(--kernel-batch 2)
   E2E=(train.batch_size=4 train.val_every=2 train.log_every=1); E2E_STEPS=(2 4); WORKERS=(0); SAMPLES=64
+  LOADER_RUN=(--steps 3 --warmup 1 --repeats 1); PROFILE=(--steps 2 --warmup 1 train.compile_backend=aot_eager)
 else
   SIZE=(train.batch_size=64 data.num_workers=8 train.device=cuda)
   RUN=(--steps 10 --warmup 3 --repeats 3); VARIANTS=(reference fast); BS=(1 16 64 256); KB=()
   E2E=(train.batch_size=32 data.num_workers=8 train.device=cuda data.max_val_samples=96 train.val_every=40
        train.log_every=20 train.precision=bf16 train.channels_last=true train.fused_optimizer=true)
   E2E_STEPS=(40 80); WORKERS=(0 4 8 $(nproc)); SAMPLES=320
+  LOADER_RUN=(--steps 60 --warmup 10 --repeats 2); PROFILE=(--steps 10 --warmup 3)
 fi
+# shellcheck disable=SC2206  # the variant names are words
+[ -n "$VARIANTS_ARG" ] && VARIANTS=($VARIANTS_ARG)
 NOTE="scripts/gpu_check.sh$( [ "$DRY" = 1 ] && echo ' --dry (CPU rehearsal at tiny sizes: not a measurement)' )"
 bench() {  # NAME LIMIT ARGS...: one suite, its report's files listed
   local name=$1 limit=$2 t0=$SECONDS rc; shift 2
@@ -263,8 +272,29 @@ if [ "$DRY" = 0 ] && [ "$GPUS" -ge 2 ]; then  # DDP over NCCL with D run twice p
 else
   say SKIP "bench scaling" "needs 2 GPUs (DDP over NCCL, issue 14 item 4); CI runs it on CPU with gloo"
 fi
-# -- inductor: torch.compile of G (last: its first compile takes the longest) ------------------------------------
-want compile && checked "compile check" 150 "$PY" -m harness.bench.gpucheck $DRYFLAG --only compile
+# -- the gap between loader-fed and resident training (the e2e run's 100-118 img/s against 227 resident, batch
+# 32, 2026-11-26): the same eager fast step fed both ways, enough steps that warm-up does not dominate ----------
+if want loader; then
+  bench train_resident 150 train --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" "${E2E[@]}" --input resident \
+    --variants fast_eager "${LOADER_RUN[@]}" --label "sat-4s-1s-resident$( [ "$DRY" = 1 ] && echo -dry )"
+  bench train_loader 150 train --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" "${E2E[@]}" --input loader \
+    --variants fast_eager "${LOADER_RUN[@]}" --label "sat-4s-1s-loader$( [ "$DRY" = 1 ] && echo -dry )"
+fi
+# -- inductor: torch.compile of G (last: its first compile takes the longest), then the compiled training step
+# (G and D) against the eager one, with its compile time (the first warm-up step) ------------------------------
+if want compile; then
+  checked "compile check" 150 "$PY" -m harness.bench.gpucheck $DRYFLAG --only compile
+  if due "compiled step" 300; then
+    timeout "$T" "$PY" -m harness.bench.profile_step --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" "${E2E[@]}" \
+      --variants fast fast_eager "${PROFILE[@]}" --rows 15 > "$LOGS/gpu_check_compiled_step.log" 2>&1
+    rc=$?
+    if [ "$rc" = 0 ]; then
+      say PASS "compiled step" "$(grep '^variant' "$LOGS/gpu_check_compiled_step.log" | tr '\n' ' ')"
+    else
+      say FAIL "compiled step" "exit $rc (124: its time limit); log: $LOGS/gpu_check_compiled_step.log: $(grep '^variant' "$LOGS/gpu_check_compiled_step.log" | tr '\n' ' ')$(tail -2 "$LOGS/gpu_check_compiled_step.log" | tr '\n' ' ')"
+    fi
+  fi
+fi
 
 echo "---"
 echo "gpu_check: $SECONDS s, $FAILS failed; skipped: $( [ ${#SKIPS[@]} -gt 0 ] && printf '%s; ' "${SKIPS[@]}" || echo nothing)"

@@ -51,18 +51,18 @@ def main(argv: list[str] | None = None) -> int:
         run = VariantRun(v, rt, data, cfg.train.batch_size, tmp.name)
         batch = [data.to_device(host, rt.device, v.cfg.train.channels_last)]
         t = v.cfg.train
-        times = []
+        times, warm = [], []
         for i in range(args.warmup + args.steps):
             sync(rt.device)
             t0 = time.perf_counter()
             synchronized_step(batch, run.g, run.d, run.objective, rt, t.precision)
             sync(rt.device)
-            if i >= args.warmup:
-                times.append(time.perf_counter() - t0)
+            (times if i >= args.warmup else warm).append(time.perf_counter() - t0)
         ms = statistics.median(times) * 1e3
         print(f"variant {v.name} ({' '.join(v.overrides)}): median step {ms:.1f} ms over {args.steps} "
               f"(min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}), {t.batch_size / ms * 1e3:.0f} img/s, "
-              f"batch {t.batch_size}, on {rt.device}", flush=True)
+              f"batch {t.batch_size}, on {rt.device}; warm-up steps (compile in the first): "
+              f"{', '.join(f'{w:.2f}' for w in warm)} s", flush=True)
         if first is None:
             first = (v, run, batch)
     v, run, batch = first

@@ -20,6 +20,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "default": (),
     "reference": ("train.precision=fp32", *(f"{k}=false" for k in FAST_KEYS)),
     "fast": ("train.precision=bf16", *(f"{k}=true" for k in FAST_KEYS)),
+    "fast_eager": ("train.precision=bf16", "train.compile=false", "train.channels_last=true",
+                   "train.fused_optimizer=true"),  # fast without inductor's compile time
     "fp32": ("train.precision=fp32",),
     "bf16": ("train.precision=bf16",),
     "fp16": ("train.precision=fp16",),
