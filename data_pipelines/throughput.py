@@ -23,6 +23,7 @@ import cv2
 import torch
 
 from data_pipelines.batch import prepare_batch
+from data_pipelines.errors import UserError
 from data_pipelines.images import load_image
 from data_pipelines.loaders.cpu import PoseDataset, make_loader, warp_crop
 from data_pipelines.loaders.dali import images_per_second
@@ -40,6 +41,12 @@ def measure(records: Sequence[PoseRecord], workers: Sequence[int] = (0, 1, 2), r
     per_core: samples per CPU second of this process and its workers (what sharing the machine with other
     work affects least); wall_per_s: samples per wall second. of_ceiling: per_core / decode+warp's per_core.
     """
+    batches = -(-len(records) // batch_size)
+    short = [w for w in workers if batches - 1 < 2 * w]
+    if short:  # a DataLoader requests 2 batches per worker at once (prefetch_factor): they would be done untimed
+        raise UserError(f"loader throughput: {len(records)} samples at batch {batch_size} are {batches} batches, "
+                        f"too few to time {max(short)} workers (it needs 1 + 2 x workers = {1 + 2 * max(short)}): "
+                        "more samples or a smaller batch")
     torch.set_num_threads(1)
     cv2.setNumThreads(1)  # before any worker is forked: the workers inherit it
     aug = Augmentation()

@@ -263,7 +263,8 @@ want infer && bench infer 180 infer --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}
 if want data && [ "${DATA[0]}" = data.name=synthetic ]; then
   say SKIP "bench data" "the loader suite reads image files: no .gpu/lsp"
 elif want data; then  # the torch loader on this host's cores
-  bench data 120 data --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" --workers "${WORKERS[@]}" --samples "$SAMPLES" \
+  # batch 8: 320 images are 40 batches, enough to time 16 workers (1 + 2 x workers: their prefetch is untimed)
+  bench data 120 data --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" train.batch_size=8 --workers "${WORKERS[@]}" --samples "$SAMPLES" \
     --repeats 2 --label "torch-loader$( [ "$DRY" = 1 ] && echo -dry )"
 fi
 if [ "$DRY" = 0 ] && [ "$GPUS" -ge 2 ]; then  # DDP over NCCL with D run twice per step (issue 14, item 4)

@@ -106,6 +106,17 @@ def test_bench_data_on_real_lsp(tmp_path, lsp_root):
         assert r["value"] > 0 and r["per_core"] > 0
 
 
+def test_loader_throughput_refuses_too_few_batches_to_time_its_workers(lsp_root):
+    """320 images at batch 64 are 5 batches: 16 workers prefetch them all before the clock starts (the H100's
+    `bench data` divided by zero CPU time, 2026-11-27). Refused up front, naming the sizes."""
+    from data_pipelines.lsp import load_lsp
+    from data_pipelines.throughput import measure
+
+    records = load_lsp(lsp_root)[:40]
+    with pytest.raises(UserError, match=r"40 samples at batch 8 are 5 batches, too few to time 4 workers.*9"):
+        measure(records, workers=(0, 4), rounds=1, batch_size=8)
+
+
 def test_bench_kernels_checks_every_case_under_the_interpreter(tmp_path):
     from models.kernels.cases import CASES
     from models.kernels.runtime import HAVE_TRITON
@@ -228,7 +239,8 @@ def test_gpu_check_dry_mode(tmp_path):
     assert proc.returncode == 0, out[-4000:] + proc.stderr[-2000:]
     for name in ("dependencies", "step sat bf16", "step cgan bf16", "step none bf16", "compile (aot_eager)",
                  "checkpoint round trip", "deterministic", "gloo all_reduce", "batchnorm CrossRankBatchNorm2d",
-                 "bench train", "bench infer", "bench kernels", "kernel decode", "e2e train", "e2e eval"):
+                 "bench train", "bench infer", "bench kernels", "kernel decode", "e2e train", "e2e eval",
+                 "bench train_resident", "bench train_loader", "compiled step"):
         assert f"PASS {name}" in out or f"PASS [rank 0] {name}" in out, (name, out[-4000:])
     assert "SKIP step sat fp16" in out and " s, 0 failed;" in out
     suites = {p.name.split("_")[1] for p in tmp_path.glob("*.json")}  # + data where .gpu/lsp holds real images

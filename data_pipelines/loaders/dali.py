@@ -218,6 +218,10 @@ def images_per_second(loader: BatchLoader, batches: int, warmup: int = 1,
         if n == warmup + batches:
             _sync()
             wall, cpu = time.perf_counter() - t0, _tree_cpu_seconds() - cpu0
+            if cpu <= 0:  # /proc counts whole clock ticks: the timed batches' work was done before t0
+                raise UserError(f"images_per_second: {batches} timed batches cost less than one CPU clock tick "
+                                "in this process and its workers (done ahead, by prefetching workers): "
+                                "time more batches (more samples or a smaller batch)")
             return {"images": images, "wall_s": wall, "images_per_s": images / wall,
                     "cpu_s_per_image": cpu / max(images, 1)}
     raise ValueError(f"images_per_second: the loader gave {n} batches, {warmup} + {batches} asked")

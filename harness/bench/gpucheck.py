@@ -95,11 +95,18 @@ def check_compile(dry: bool, rt: Runtime) -> None:
     compile_s = time.perf_counter() - t0
     out_e = g(batch["image"])
     grad_e = torch.autograd.grad(sum(o.float().square().mean() for o in out_e), list(g.parameters()))
-    pairs = zip([*out_c, *grad_c], [*out_e, *grad_e])
-    err = max(float((a - b).detach().norm() / b.detach().norm().clamp_min(1e-12)) for a, b in pairs)
     tol = 1e-4 if dry else 1e-2  # TF32 convolutions on a GPU
+    # Each output and each parameter's gradient against eager, relative to its own norm, but with a floor of
+    # tol x the whole gradient's norm: the biases of convolutions that BatchNorm follows have a gradient that
+    # is zero in exact arithmetic (norm ~1e-9 on the H100, 2026-11-27), so their rounding noise differs
+    # between two eager runs as much as between compiled and eager (relative errors 1-2.5 both ways).
+    floor = tol * float(torch.cat([g_.detach().flatten() for g_ in grad_e]).norm())
+    errs = [float((a - b).detach().norm()) / max(float(b.detach().norm()), 1e-12) for a, b in zip(out_c, out_e)]
+    errs += [float((a - b).norm()) / max(float(b.norm()), floor, 1e-12) for a, b in zip(grad_c, grad_e)]
+    err = max(errs)
     line("PASS" if err <= tol else "FAIL", f"compile ({backend})",
-         f"max relative error vs eager {err:.2e} (<= {tol:g}), first call {compile_s:.1f} s")
+         f"max relative error vs eager {err:.2e} (<= {tol:g}; gradients floored at {tol:g} x their total norm), "
+         f"first call {compile_s:.1f} s")
 
 
 def check_checkpoint(dry: bool, rt: Runtime) -> None:
