@@ -4,15 +4,25 @@
                                    [--also sat-fig11-tiny:g1-none ...] [--work DIR]
 
 Each round, in turn: a one-trial sweep (`python -m harness sweep` in a fresh process on a copy of the preset
-reduced to that point, one seed, local Ray, report included), then that trial's `config.yaml` trained by
-hand (`python -m harness train --config`, OMP_NUM_THREADS=1, as Ray runs a 1-CPU trial), then each `--also`
-point's config by hand. Every run is timed by wall clock from this process. Ray's cost = sweep - the same
-trial by hand, per round; the table gives it against each trial's time by hand. Run it on an idle machine.
+reduced to that point, one seed, report included), then that trial's `config.yaml` trained by hand
+(`python -m harness train --config`, OMP_NUM_THREADS=1, as Ray runs a 1-CPU trial), then each `--also`
+point's config by hand. Every run is timed by wall clock from this process. Ray's cost, two ways per round:
+sweep - the same trial by hand (separate runs: the machine's drift between them enters), and sweep - its own
+trainer (the trial's config.yaml to its summary.json, in the same run; the trainer's ~1 s exit after its
+summary counts as Ray's here). Run it on an idle machine.
 
     python scripts/ray_overhead.py --start-stop N
 
 times only Ray's own start-up and teardown, N times, each in a fresh process: `import ray` + `ray.init` as
 the sweep driver starts a local Ray (sweeps.runner._start_ray), then `ray.shutdown`.
+
+    --ray local | attached | both
+
+local (default): each sweep starts and stops its own Ray, as `harness sweep` does by itself. attached: a
+Ray head started once runs throughout (docs/sweeps.md, "Many small sweeps on one machine": `ray start --head
+--block`, loopback, token authentication, no dashboard), and each fresh process (sweep or start-stop round)
+connects to it through RAY_ADDRESS, as the sweep driver does, then disconnects. both: each round runs a
+local and an attached sweep (with the head idle beside the local one). The runs by hand run beside the head.
 """
 
 from __future__ import annotations
@@ -57,21 +67,58 @@ print(t2 - t1, t3 - t2, t1 - t0)
 """
 
 
-def start_stop(rounds: int, work: Path, env: dict[str, str]) -> None:
+def start_stop(rounds: int, work: Path, env: dict[str, str], attach: bool = False) -> None:
     rows = []
     for r in range(rounds):
         (work / f"ray{r}").mkdir()
         out = subprocess.run([sys.executable, "-c", START_STOP, str(work / f"ray{r}")], cwd=REPO, env=env,
-                             capture_output=True, text=True, check=True)
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"round {r + 1} exited {out.returncode}:\n{out.stderr[-3000:]}")
         rows.append([float(x) for x in out.stdout.split()[-3:]])
         print(f"round {r + 1}: start {rows[-1][0]:.2f} s, stop {rows[-1][1]:.2f} s", flush=True)
     med = statistics.median
-    for i, what in enumerate(["import ray + ray.init (sweeps.runner._start_ray)", "ray.shutdown",
+    start = "import ray + ray.init(address=RAY_ADDRESS)" if attach else "import ray + ray.init"
+    for i, what in enumerate([f"{start} (sweeps.runner._start_ray)",
+                              "ray.shutdown" + (" (disconnect)" if attach else ""),
                               "importing sweeps.runner before it"]):
         v = [row[i] for row in rows]
         print(f"{what}: median {med(v):.2f} s ({min(v):.2f}-{max(v):.2f})")
     total = [a + b for a, b, _ in rows]
     print(f"start + stop: median {med(total):.2f} s ({min(total):.2f}-{max(total):.2f}), {rounds} rounds")
+
+
+def _head(work: Path, env: dict[str, str]) -> tuple[subprocess.Popen, dict[str, str], Path]:
+    """A local Ray head as docs/sweeps.md starts one for many sweeps, and the environment that reaches it."""
+    import socket
+    import tempfile
+
+    token = work / "ray_auth_token"
+    sys.path.insert(0, str(REPO))
+    from sweeps.runner import _write_token
+
+    _write_token(token)
+    with socket.socket() as s:  # a free port for the GCS
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp = Path(tempfile.mkdtemp(prefix="ray_", dir="/tmp"))  # short: Ray's socket paths live in it
+    env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "RAY_USAGE_STATS_ENABLED": "0"}
+    ray_bin = Path(sys.executable).with_name("ray")
+    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+                             f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                             "--disable-usage-stats", f"--temp-dir={temp}"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=open(work / "ray_head.log", "w"))
+    env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+    probe = "import ray; ray.init(log_to_driver=False); ray.shutdown()"
+    deadline = time.monotonic() + 120
+    while subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True).returncode != 0:
+        if head.poll() is not None or time.monotonic() > deadline:
+            head.terminate()
+            shutil.rmtree(temp, ignore_errors=True)
+            raise SystemExit(f"the Ray head did not come up: {(work / 'ray_head.log').read_text()[-3000:]}")
+        time.sleep(1)
+    print(f"Ray head up at {env['RAY_ADDRESS']} (token authentication)", flush=True)
+    return head, env, temp
 
 
 def _timed(cmd: list[str], env: dict[str, str]) -> float:
@@ -101,6 +148,9 @@ def main() -> None:
     ap.add_argument("--also", nargs="*", default=["sat-fig11-tiny:g1-none"], help="PRESET:POINT timed by hand")
     ap.add_argument("--work", type=Path, default=Path("runs/ray_overhead"))
     ap.add_argument("--start-stop", type=int, metavar="N", help="time only Ray's start-up and teardown, N times")
+    ap.add_argument("--ray", choices=("local", "attached", "both"), default="local",
+                    help="local: each sweep starts its own Ray (the default of `harness sweep`); attached: each "
+                         "connects to a Ray head started once (docs/sweeps.md); both: each round runs the two")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     from harness.files import write_json
@@ -109,30 +159,64 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    if args.start_stop:
-        return start_stop(args.start_stop, work, env)
-    hand_env = {**env, "OMP_NUM_THREADS": "1"}
+    envs, head, temp = {}, None, None
+    if args.ray in ("local", "both"):
+        envs["local"] = env
+    if args.ray in ("attached", "both"):
+        head, envs["attached"], temp = _head(work, env)
+    try:
+        if args.start_stop:
+            if len(envs) != 1:
+                raise SystemExit("--start-stop times one of --ray local / attached")
+            start_stop(args.start_stop, work, *envs.values(), args.ray == "attached")
+        else:
+            rounds(args, work, envs, write_json)
+    finally:
+        if head is not None:  # the --block process takes its Ray down (not `ray stop`: other users' Ray)
+            head.terminate()
+            head.wait(timeout=60)
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def _trainer_span(storage: Path) -> float:
+    """Seconds from the trial's config.yaml (written as its trial function starts the trainer) to its
+    summary.json (written by the trainer just before it exits): the trainer inside the sweep, measured in
+    the same run as the sweep's wall time, so the machine's drift between separate runs does not enter."""
+    run = next(storage.glob("*/*/summary.json")).parent
+    return (run / "summary.json").stat().st_mtime - (run / "config.yaml").stat().st_mtime
+
+
+def rounds(args, work: Path, envs: dict[str, dict[str, str]], write_json) -> None:
+    hand_env = {**envs[next(iter(envs))], "OMP_NUM_THREADS": "1"}
+    hand_env.pop("RAY_ADDRESS", None)
     preset, point = args.point.split(":")
     hand = {spec: _config(*spec.split(":"), work) for spec in [args.point, *args.also]}
-    times: dict[str, list[float]] = {"sweep": [], **{spec: [] for spec in hand}}
+    sweeps = [f"sweep ({mode} Ray)" for mode in envs]
+    times: dict[str, list[float]] = {**{k: [] for k in sweeps}, **{spec: [] for spec in hand}}
+    outside: dict[str, list[float]] = {k: [] for k in sweeps}
     for r in range(args.rounds):
-        storage = work / f"sweep{r}"
-        times["sweep"].append(_timed([sys.executable, "-c", SWEEP, preset, point, str(storage)], env))
+        for key, env in zip(sweeps, envs.values()):
+            storage = work / f"sweep{r}-{key.split('(')[1].split()[0]}"
+            times[key].append(_timed([sys.executable, "-c", SWEEP, preset, point, str(storage)], env))
+            outside[key].append(times[key][-1] - _trainer_span(storage))
         for spec, config in hand.items():
             times[spec].append(_timed([sys.executable, "-m", "harness", "train", "--config", str(config),
                                        "--run-dir", str(work / f"hand{r}-{spec.replace(':', '@')}")], hand_env))
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
-    ray = [s - h for s, h in zip(times["sweep"], times[args.point])]
     med = statistics.median
+    rng = lambda v: f"{med(v):.2f} s ({min(v):.2f}-{max(v):.2f})"  # noqa: E731
     print(f"\nmachine: {os.uname().nodename}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} at the end; "
           f"{args.rounds} rounds, medians (range)\n")
-    print("| | wall | Ray's cost (sweep - trial by hand, per round) / this |\n|---|---|---|")
-    print(f"| one-trial sweep of `{args.point}` | {med(times['sweep']):.2f} s ({min(times['sweep']):.2f}-"
-          f"{max(times['sweep']):.2f}) | Ray's cost {med(ray):.2f} s ({min(ray):.2f}-{max(ray):.2f}) |")
+    print("| | wall | sweep - trial by hand (per round) | sweep - its own trainer (config.yaml to summary.json) |")
+    print("|---|---|---|---|")
+    ray = {k: [s - h for s, h in zip(times[k], times[args.point])] for k in sweeps}
+    for k in sweeps:
+        print(f"| one-trial {k} of `{args.point}` | {rng(times[k])} | {rng(ray[k])} | {rng(outside[k])} |")
     for spec in hand:
         t = times[spec]
-        print(f"| `{spec}` by hand | {med(t):.2f} s ({min(t):.2f}-{max(t):.2f}) | {100 * med(ray) / med(t):.1f}% |")
-    write_json(work / "times.json", {"times": times, "ray_cost": ray})
+        print(f"| `{spec}` by hand | {rng(t)} | " + " / ".join(f"{100 * med(ray[k]) / med(t):.1f}%" for k in sweeps)
+              + " | " + " / ".join(f"{100 * med(outside[k]) / med(t):.1f}%" for k in sweeps) + " |")
+    write_json(work / "times.json", {"times": times, "sweep_minus_hand": ray, "sweep_minus_trainer": outside})
 
 
 if __name__ == "__main__":

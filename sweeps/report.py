@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from data_pipelines.errors import UserError
+from harness.files import atomic_path, write_json, write_text_atomic
 from sweeps.presets import get_preset
 from sweeps.stats import estimate, paired_difference
 from sweeps.trial import run_name, stopped_early
@@ -151,7 +152,8 @@ def plot(data: dict[str, Any], summary: dict[str, Any], path: Path) -> None:
     ax.set_title("validation during training (each seed)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -164,7 +166,7 @@ def write_report(experiment_dir: str | Path, out_dir: str | Path | None = None) 
     data = collect(experiment_dir)
     summary = summarize(data)
     paths = {"json": out / "report.json", "markdown": out / "report.md", "png": out / "report.png"}
-    paths["json"].write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(paths["json"], summary)
     plot(data, summary, paths["png"])
-    paths["markdown"].write_text(markdown(summary, [paths["png"].name]))
+    write_text_atomic(paths["markdown"], markdown(summary, [paths["png"].name]))
     return paths

@@ -47,3 +47,25 @@ def test_the_rename_is_what_publishes_the_new_content(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", replace)
     files.write_text_atomic(path, "new: 2\n")
     assert seen == ["old: 1\n"] and path.read_text() == "new: 2\n"
+
+
+def test_atomic_path_publishes_a_whole_figure_or_nothing(tmp_path):
+    """sweeps/report.py saves report.png through atomic_path: a failing savefig leaves the old figure and no
+    temp file; a finished one replaces it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = tmp_path / "report.png"
+    path.write_bytes(b"old figure")
+    fig = plt.figure()
+    with pytest.raises(ValueError), files.atomic_path(path) as tmp:
+        tmp.write_bytes(b"\x89PNG half")
+        raise ValueError("savefig failed")
+    assert path.read_bytes() == b"old figure" and sorted(p.name for p in tmp_path.iterdir()) == ["report.png"]
+    with files.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.png"]

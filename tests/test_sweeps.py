@@ -466,3 +466,19 @@ def test_ray_overhead_script_times_a_real_start_and_stop(tmp_path):
     start, stop = (float(x.split(" s")[0]) for x in re.findall(r"(?:start|stop) ([\d.]+ s)", out.stdout)[:2])
     assert start > 0 and stop > 0 and "start + stop: median" in out.stdout, out.stdout
     assert (tmp_path / "ray0" / "ray_auth_token").is_file()  # token authentication, as the sweep driver uses
+
+
+def test_ray_overhead_script_attaches_to_a_head_started_once(tmp_path):
+    """--ray attached (docs/sweeps.md, "Many small sweeps on one machine"): a token-authenticated head on
+    loopback started once, the driver connecting through RAY_ADDRESS and disconnecting; the head is gone
+    after the script. Times printed, not judged."""
+    _need_ray()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    out = subprocess.run([sys.executable, "scripts/ray_overhead.py", "--start-stop", "1", "--ray", "attached",
+                          "--work", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "Ray head up at 127.0.0.1:" in out.stdout and "ray.init(address=RAY_ADDRESS)" in out.stdout, out.stdout
+    assert (tmp_path / "ray_auth_token").is_file() and not (tmp_path / "ray0" / "ray_auth_token").exists()
+    gcs = re.search(r"127\.0\.0\.1:(\d+)", out.stdout).group(1)
+    alive = subprocess.run(["pgrep", "-f", f"gcs_server.*{gcs}"], capture_output=True, text=True)
+    assert alive.returncode == 1, f"the head's GCS still runs: {alive.stdout}"
