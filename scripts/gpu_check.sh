@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one command to run on a machine with a GPU: every CUDA path with a PASS / FAIL / SKIP line, then the
 # train, infer, kernels and data benchmark suites, reports written to --out. Its full length on one H100 is not
-# known: a first try (2026-11-26) ran out of its 400 s budget in the train suite's torch.compile; on a short
-# lease use --budget and --only groups.
+# known: a first try (2026-11-26) ran out of its 400 s budget in the train suite's torch.compile, and on
+# 2026-11-27 the compiled 4-stack G + D step did not finish compiling within 215 s; on a short lease use
+# --budget, --only groups and --variants "reference fast_eager".
 #
 #   bash scripts/make_gpu_bundle.sh        # here, once: .gpu/ (LSP subset + offline wheels), carried along
 #   bash scripts/gpu_check.sh [--out DIR]  # there (default out: docs/benchmarks)
