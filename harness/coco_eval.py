@@ -50,6 +50,12 @@ class CocoKeypointResult:
     def ap(self) -> float:
         return self.stats["AP"]
 
+    def headline(self) -> dict:
+        """PCKResult.headline's keys: COCOeval's AP as the value, its ten stats as the groups; a PCK curve's
+        area and per-joint scores do not exist here (None)."""
+        return {"metric": "AP (OKS)", "value": self.ap, "auc": None, "per_joint": None,
+                "groups": {k: v for k, v in self.to_json().items() if k in STAT_NAMES}}
+
     def to_json(self) -> dict:
         out = {"protocol": "coco", "metric": "AP (OKS)", "images": self.images, "people": self.people,
                "detections": self.detections}

@@ -78,18 +78,6 @@ def predict_dataset(generator: torch.nn.Module, loader, device: torch.device, sk
     return out
 
 
-def headline(result: metrics.PCKResult | coco_eval.CocoKeypointResult) -> dict:
-    """What the training loop reports of one validation, whatever the protocol: `metric` (its name), `value`
-    (the score, higher is better: Mean PCK / PCKh, or COCO's AP), `auc` (the PCK curve's area; None for
-    COCO), `per_joint` (PCK; None for COCO) and `groups` (PCK's joint groups; COCOeval's ten stats)."""
-    if isinstance(result, coco_eval.CocoKeypointResult):
-        return {"metric": "AP (OKS)", "value": result.ap, "auc": None, "per_joint": None,
-                "groups": {k: v for k, v in result.to_json().items() if k in coco_eval.STAT_NAMES}}
-    j = result.to_json()
-    return {"metric": f"{result.metric}@{result.threshold:g}", "value": result.mean, "auc": result.auc,
-            "per_joint": j["per_joint"], "groups": j["groups"]}
-
-
 def score_records(records: list[PoseRecord], predictions: dict[int, np.ndarray], dataset: str,
                   threshold: float | None = None, *, coco_annotations=None):
     """Score predictions (keyed by position in `records`) against every record's ground truth. A record

@@ -105,6 +105,18 @@ class PCKResult:
                 f"{self.auc_steps}, k = 0..{self.auc_steps}, rescaled to [0, 1], trapezoid rule "
                 "(area_under_curve.m)")
 
+    def headline(self) -> dict:
+        """What training reports of one validation, the same keys for every protocol (CocoKeypointResult
+        has its own): `metric` (its name), `value` (Mean PCK / PCKh, higher is better), `auc`, `per_joint`,
+        `groups`."""
+        j = self.to_json()
+        return {"metric": f"{self.metric}@{self.threshold:g}", "value": self.mean, "auc": self.auc,
+                "per_joint": j["per_joint"], "groups": j["groups"]}
+
+    def render(self):
+        """A rich renderable (module-level `render`), as CocoKeypointResult.render."""
+        return render(self)
+
     def to_json(self) -> dict:
         """A JSON-serialisable dict (NaN -> None): per_joint, groups, mean, auc, metric, threshold, count,
         the extras (e.g. "mean@0.1"), MPII's evalMPII.m columns ("official") and the definitions used."""
@@ -326,12 +338,7 @@ def render(result: PCKResult):
     return Group(*tables, joints, *notes)
 
 
-def renderable(result):
-    """A PCKResult through `render`, or any result with its own `render()` (COCO AP)."""
-    return render(result) if isinstance(result, PCKResult) else result.render()
-
-
 def print_result(result, console=None) -> None:
     from rich.console import Console
 
-    (console or Console()).print(renderable(result))
+    (console or Console()).print(result.render())

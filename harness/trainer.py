@@ -19,12 +19,11 @@ import torch
 
 from data_pipelines.errors import UserError
 from harness import checkpoint as ckpt
-from harness import metrics
 from harness.build import build_models, wrap_models
 from harness.config import Config
 from harness.data import RunData
 from harness.distributed import Runtime, device_notes, init_runtime
-from harness.evaluate import PROTOCOL_OF, headline
+from harness.evaluate import PROTOCOL_OF
 from harness.files import write_json
 from harness.objectives import build_objective
 from harness.optim import set_lr
@@ -262,7 +261,7 @@ class Trainer:
         if not self.rt.is_main:
             return {}
         summary = {
-            **headline(result),  # metric, value, auc, per_joint, groups
+            **result.headline(),  # metric, value, auc, per_joint, groups
             "best": self.validator.best,
             "steps": self.step,
             "steps_this_run": self.steps_this_run,
@@ -277,5 +276,5 @@ class Trainer:
         }
         write_json(self.run_dir / "summary.json", summary)
         self.sinks.record("summary", summary)
-        self.sinks.table(metrics.renderable(result))
+        self.sinks.table(result.render())
         return summary

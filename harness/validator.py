@@ -9,7 +9,7 @@ from typing import Any
 from harness.config import Config
 from harness.data import RunData
 from harness.distributed import Runtime
-from harness.evaluate import headline, predict_dataset, score_records
+from harness.evaluate import predict_dataset, score_records
 from harness.sinks import Sinks
 
 
@@ -41,7 +41,7 @@ class Validator:
             result = score_records(self.data.val_records, preds, c.data.name,
                                    coco_annotations=self.data.val_annotations)
             self.last_result = result
-            h = headline(result)
+            h = result.headline()
             is_best = bool(self.best["value"] is None or h["value"] > self.best["value"])
             if is_best:
                 self.best = {"value": float(h["value"]), "step": step}

@@ -295,13 +295,31 @@ def test_to_json_and_render():
     assert out["metric"] == "PCKh" and out["threshold"] == 0.5 and out["count"] == 2
     assert list(out["groups"]) == ["Head", "Sho.", "Elb.", "Wri.", "Hip", "Knee", "Ank.", "Mean"]
     console = Console(width=100, record=True)
-    console.print(metrics.render(r))
+    console.print(r.render())  # the method every result has (COCO's too), so callers need not ask the type
     text = console.export_text()
     assert "Mean@0.1" in text and "AUC" in text and "100.00" in text and "98.04" not in text
     assert "UBody" in text and "Total" in text and "evalMPII.m" in text
     assert out["official"]["Head"] is None  # genTablePCK.m: (neck + NaN head top) / 2 is NaN
     assert out["official"]["Total"] == 100.0 and out["official"]["UBody"] == 100.0
     assert out["auc"] == 100.0
+    h = r.headline()
+    assert h == {"metric": "PCKh@0.5", "value": 100.0, "auc": 100.0, "per_joint": out["per_joint"],
+                 "groups": out["groups"]}
+
+
+def test_every_result_type_has_the_same_headline_keys():
+    """The trainer's summary.json and the validator read any result through headline()/render(): PCK and
+    COCO results answer with the same keys (None where COCO has no such figure)."""
+    from harness.coco_eval import STAT_NAMES, CocoKeypointResult
+
+    pred, gt, ann, boxes = mpii_case(2)
+    pck = metrics.score_mpii(pred, gt, ann, boxes)
+    coco = CocoKeypointResult(stats={k: 40.0 + i for i, k in enumerate(STAT_NAMES)}, images=3, people=4,
+                              detections=4)
+    assert pck.headline().keys() == coco.headline().keys()
+    assert coco.headline() == {"metric": "AP (OKS)", "value": 40.0, "auc": None, "per_joint": None,
+                               "groups": {k: 40.0 + i for i, k in enumerate(STAT_NAMES)}}
+    assert pck.render() is not None and coco.render() is not None
 
 
 # ---------------------------------------------------------------------------------------------------
