@@ -106,6 +106,18 @@ def test_bench_data_on_real_lsp(tmp_path, lsp_root):
         assert r["value"] > 0 and r["per_core"] > 0
 
 
+def test_rel_error_floor_judges_near_zero_tensors_on_the_whole_scale():
+    """gpucheck's inductor check: a bias gradient that is zero in exact arithmetic (1e-9 of rounding noise)
+    differs by 200% between two runs on its own scale, 4e-8 on the whole gradient's; real errors still count."""
+    from harness.bench.suite_kernels import rel_error
+
+    big, tiny = torch.ones(100), torch.full((4,), 1e-9)
+    assert rel_error([big, tiny], [big, -tiny]) == pytest.approx(2.0)
+    assert rel_error([big, tiny], [big, -tiny], floor=1e-2 * 10.0) == pytest.approx(4e-8)  # 4e-9 / 0.1
+    assert rel_error([big * 1.1, tiny], [big, tiny], floor=0.1) == pytest.approx(0.1)
+    assert rel_error([torch.tensor([float("nan")])], [torch.ones(1)], floor=1.0) == float("inf")
+
+
 def test_loader_throughput_refuses_too_few_batches_to_time_its_workers(lsp_root):
     """320 images at batch 64 are 5 batches: 16 workers prefetch them all before the clock starts (the H100's
     `bench data` divided by zero CPU time, 2026-11-27). Refused up front, naming the sizes."""

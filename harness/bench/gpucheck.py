@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from harness import checkpoint
+from harness.bench.suite_kernels import rel_error
 from harness.build import build_models, wrap_models
 from harness.config import TrainConfig, load_config
 from harness.data import RunData
@@ -100,10 +101,8 @@ def check_compile(dry: bool, rt: Runtime) -> None:
     # tol x the whole gradient's norm: the biases of convolutions that BatchNorm follows have a gradient that
     # is zero in exact arithmetic (norm ~1e-9 on the H100, 2026-11-27), so their rounding noise differs
     # between two eager runs as much as between compiled and eager (relative errors 1-2.5 both ways).
-    floor = tol * float(torch.cat([g_.detach().flatten() for g_ in grad_e]).norm())
-    errs = [float((a - b).detach().norm()) / max(float(b.detach().norm()), 1e-12) for a, b in zip(out_c, out_e)]
-    errs += [float((a - b).norm()) / max(float(b.norm()), floor, 1e-12) for a, b in zip(grad_c, grad_e)]
-    err = max(errs)
+    floor = tol * float(torch.cat([g_.flatten() for g_ in grad_e]).double().norm())
+    err = max(rel_error(out_c, out_e), rel_error(grad_c, grad_e, floor))
     line("PASS" if err <= tol else "FAIL", f"compile ({backend})",
          f"max relative error vs eager {err:.2e} (<= {tol:g}; gradients floored at {tol:g} x their total norm), "
          f"first call {compile_s:.1f} s")

@@ -27,8 +27,9 @@ def _flat(out) -> list[torch.Tensor]:
     return [t for o in out for t in _flat(o)] if isinstance(out, (tuple, list)) else []
 
 
-def rel_error(out, ref) -> float:
-    """max over outputs of ||out - ref|| / ||ref|| (float64); inf when shapes differ or values are not finite."""
+def rel_error(out, ref, floor: float = 0.0) -> float:
+    """max over outputs of ||out - ref|| / max(||ref||, floor) (float64); inf when shapes differ or values are
+    not finite. `floor` keeps tensors that are zero in exact arithmetic from being judged on their rounding."""
     worst = 0.0
     for a, b in zip(_flat(out), _flat(ref), strict=True):
         if a.shape != b.shape:
@@ -36,7 +37,7 @@ def rel_error(out, ref) -> float:
         a, b = a.detach().double().cpu(), b.detach().double().cpu()
         if not torch.isfinite(a).all():
             return float("inf")
-        worst = max(worst, float((a - b).norm() / b.norm().clamp_min(1e-30)))
+        worst = max(worst, float((a - b).norm() / b.norm().clamp_min(max(floor, 1e-30))))
     return worst
 
 
