@@ -37,6 +37,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from harness.files import write_json  # noqa: E402
+from sweeps.presets import get_preset  # noqa: E402
+from sweeps.runner import _write_token  # noqa: E402
+from sweeps.trial import TrialSpec, trial_config, write_config  # noqa: E402
 
 # Registers "<preset>@<point>" (the preset reduced to one point) in the child, then runs the sweep CLI.
 SWEEP = """
@@ -94,9 +99,6 @@ def _head(work: Path, env: dict[str, str]) -> tuple[subprocess.Popen, dict[str, 
     import tempfile
 
     token = work / "ray_auth_token"
-    sys.path.insert(0, str(REPO))
-    from sweeps.runner import _write_token
-
     _write_token(token)
     with socket.socket() as s:  # a free port for the GCS
         s.bind(("127.0.0.1", 0))
@@ -132,9 +134,6 @@ def _timed(cmd: list[str], env: dict[str, str]) -> float:
 
 def _config(preset: str, point: str, work: Path) -> Path:
     """The trial's config.yaml, as the sweep writes it (sweeps.trial.trial_config), for the runs by hand."""
-    from sweeps.presets import get_preset
-    from sweeps.trial import TrialSpec, trial_config, write_config
-
     spec = TrialSpec(get_preset(preset), (), str(work), str(REPO), 1, 0)
     path = work / f"{preset}@{point}.yaml"
     write_config(trial_config(spec, point, 0), path)
@@ -152,9 +151,6 @@ def main() -> None:
                     help="local: each sweep starts its own Ray (the default of `harness sweep`); attached: each "
                          "connects to a Ray head started once (docs/sweeps.md); both: each round runs the two")
     args = ap.parse_args()
-    sys.path.insert(0, str(REPO))
-    from harness.files import write_json
-
     work = args.work.resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -170,7 +166,7 @@ def main() -> None:
                 raise SystemExit("--start-stop times one of --ray local / attached")
             start_stop(args.start_stop, work, *envs.values(), args.ray == "attached")
         else:
-            rounds(args, work, envs, write_json)
+            rounds(args, work, env, envs)
     finally:
         if head is not None:  # the --block process takes its Ray down (not `ray stop`: other users' Ray)
             head.terminate()
@@ -186,18 +182,18 @@ def _trainer_span(storage: Path) -> float:
     return (run / "summary.json").stat().st_mtime - (run / "config.yaml").stat().st_mtime
 
 
-def rounds(args, work: Path, envs: dict[str, dict[str, str]], write_json) -> None:
-    hand_env = {**envs[next(iter(envs))], "OMP_NUM_THREADS": "1"}
-    hand_env.pop("RAY_ADDRESS", None)
+def rounds(args, work: Path, env: dict[str, str], envs: dict[str, dict[str, str]]) -> None:
+    """`envs`: the sweeps' environment per Ray mode; the runs by hand get `env` (no Ray settings)."""
+    hand_env = {**env, "OMP_NUM_THREADS": "1"}
     preset, point = args.point.split(":")
     hand = {spec: _config(*spec.split(":"), work) for spec in [args.point, *args.also]}
     sweeps = [f"sweep ({mode} Ray)" for mode in envs]
     times: dict[str, list[float]] = {**{k: [] for k in sweeps}, **{spec: [] for spec in hand}}
     outside: dict[str, list[float]] = {k: [] for k in sweeps}
     for r in range(args.rounds):
-        for key, env in zip(sweeps, envs.values()):
-            storage = work / f"sweep{r}-{key.split('(')[1].split()[0]}"
-            times[key].append(_timed([sys.executable, "-c", SWEEP, preset, point, str(storage)], env))
+        for (mode, sweep_env), key in zip(envs.items(), sweeps):
+            storage = work / f"sweep{r}-{mode}"
+            times[key].append(_timed([sys.executable, "-c", SWEEP, preset, point, str(storage)], sweep_env))
             outside[key].append(times[key][-1] - _trainer_span(storage))
         for spec, config in hand.items():
             times[spec].append(_timed([sys.executable, "-m", "harness", "train", "--config", str(config),
