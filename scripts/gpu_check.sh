@@ -277,10 +277,10 @@ fi
 # -- the gap between loader-fed and resident training (the e2e run's 100-118 img/s against 227 resident, batch
 # 32, 2026-11-26): the same eager fast step fed both ways, enough steps that warm-up does not dominate ----------
 if want loader; then
-  bench train_resident 150 train --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" "${E2E[@]}" --input resident \
-    --variants fast_eager "${LOADER_RUN[@]}" --label "sat-4s-1s-resident$( [ "$DRY" = 1 ] && echo -dry )"
-  bench train_loader 150 train --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" "${E2E[@]}" --input loader \
-    --variants fast_eager "${LOADER_RUN[@]}" --label "sat-4s-1s-loader$( [ "$DRY" = 1 ] && echo -dry )"
+  for input in resident loader; do
+    bench "train_$input" 150 train --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" "${E2E[@]}" --input "$input" \
+      --variants fast_eager "${LOADER_RUN[@]}" --label "sat-4s-1s-$input$( [ "$DRY" = 1 ] && echo -dry )"
+  done
 fi
 # -- inductor: torch.compile of G (last: its first compile takes the longest), then the compiled training step
 # (G and D) against the eager one, with its compile time (the first warm-up step) ------------------------------
