@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from data_pipelines.errors import UserError
+from models.legacy import cancelled_bias_keys, drop_from_optimizer_state
 
 REQUIRED_KEYS = ("generator", "discriminator", "optim_g", "optim_d", "step", "epoch", "config")
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
@@ -68,6 +70,17 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     if missing:
         raise UserError(f"checkpoint {path} is missing {', '.join(missing)}")
     return state
+
+
+def upgrade_optimizer_state(optim_state: dict[str, Any], model_state: dict[str, Any], model: nn.Module
+                            ) -> dict[str, Any]:
+    """The optimizer state of `model_state` (a saved state dict of `model`'s class) for `model`: a checkpoint written
+    while convolutions before a BatchNorm still had biases lists them among its parameters (models/legacy.py folds
+    the biases themselves when the model loads); their entries are dropped and the rest renumbered."""
+    expected, params = model.state_dict().keys(), dict(model.named_parameters())
+    removed = {bias for bias, _ in cancelled_bias_keys(model_state) if bias not in expected}
+    old_names = [k for k in model_state if k in params or k in removed]
+    return drop_from_optimizer_state(optim_state, old_names, removed)
 
 
 class CheckpointManager:

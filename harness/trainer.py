@@ -97,12 +97,12 @@ class Trainer:
 
     def _load_state(self, s: dict[str, Any]) -> None:
         try:
-            self.generator.load_state_dict(s["generator"])
-            if self.discriminator is not None:
-                self.discriminator.load_state_dict(s["discriminator"])
-            self.g.optimizer.load_state_dict(s["optim_g"])
-            if self.d is not None:
-                self.d.optimizer.load_state_dict(s["optim_d"])
+            for model, handle, key in ((self.generator, self.g, "generator"),
+                                       (self.discriminator, self.d, "discriminator")):
+                if model is not None:
+                    model.load_state_dict(s[key])
+                    handle.optimizer.load_state_dict(
+                        ckpt.upgrade_optimizer_state(s[f"optim_{key[0]}"], s[key], model))
             for model, key in ((self.g, "scaler_g"), (self.d, "scaler_d")):
                 if model is not None and model.scaler is not None and s.get(key):
                     model.scaler.load_state_dict(s[key])

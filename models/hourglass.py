@@ -6,12 +6,44 @@ every stack whose 1x1 remaps are added back to the trunk. The stem has three res
 (128, 128, F), as in the authors' stacked model (pose-hg-train `hg-stacked.lua`: r4, r5, r6); with it
 the parameter counts match the published ones (16 joints: 3.48M, 6.62M, 12.91M, 25.49M for 1/2/4/8
 stacks).
+
+Convolutions whose output goes straight into a BatchNorm carry no bias: BatchNorm subtracts the batch mean, which
+cancels it exactly in training, and in evaluation it is the same as a shift of the running mean. The published
+counts above include those biases (`cancelled_bias_count` gives their number, `model-info` reports both). The
+biases are dropped after the layers are initialised, so the random-number stream and every other initial weight
+are those of the model with biases; `models.legacy` folds the biases of checkpoints written with them into the
+BatchNorm running means.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from models.legacy import load_state_dict_pre_hook
+
+
+def drop_cancelled_biases(seq: nn.Sequential) -> nn.Sequential:
+    """Remove the bias of every Conv2d of `seq` that is followed directly by a BatchNorm2d (which cancels it).
+    The one rule for "bias before BatchNorm" (models/legacy.py applies it to old state dicts)."""
+    layers = list(seq)
+    for conv, norm in zip(layers, layers[1:]):
+        if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.modules.batchnorm._BatchNorm):
+            conv.bias = None
+    return seq
+
+
+def cancelled_bias_count(model: nn.Module) -> int:
+    """How many parameters the dropped biases had: a model's count plus this is the count of the reference
+    implementation, whose every convolution has a bias."""
+    total = 0
+    for seq in model.modules():
+        if isinstance(seq, nn.Sequential):
+            layers = list(seq)
+            total += sum(conv.out_channels for conv, norm in zip(layers, layers[1:])
+                         if isinstance(conv, nn.Conv2d) and conv.bias is None
+                         and isinstance(norm, nn.modules.batchnorm._BatchNorm))
+    return total
 
 
 class Residual(nn.Module):
@@ -20,14 +52,14 @@ class Residual(nn.Module):
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         mid = out_channels // 2
-        self.body = nn.Sequential(
+        self.body = drop_cancelled_biases(nn.Sequential(
             nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True),
             nn.Conv2d(in_channels, mid, 1),
             nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
             nn.Conv2d(mid, mid, 3, padding=1),
             nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
             nn.Conv2d(mid, out_channels, 1),
-        )
+        ))
         same = in_channels == out_channels
         self.skip = nn.Identity() if same else nn.Conv2d(in_channels, out_channels, 1)
 
@@ -61,8 +93,9 @@ class Hourglass(nn.Module):
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel: int = 1, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, stride, padding=kernel // 2),
-                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+    return drop_cancelled_biases(nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, stride,
+                                                         padding=kernel // 2),
+                                               nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)))
 
 
 class StackedHourglass(nn.Module):
@@ -101,6 +134,7 @@ class StackedHourglass(nn.Module):
         # 1x1 remaps of the features and of the heatmaps, added back to the trunk between stacks.
         self.remap_features = nn.ModuleList(nn.Conv2d(features, features, 1) for _ in range(num_stacks - 1))
         self.remap_heatmaps = nn.ModuleList(nn.Conv2d(num_joints, features, 1) for _ in range(num_stacks - 1))
+        self.register_load_state_dict_pre_hook(load_state_dict_pre_hook)  # checkpoints with the biases
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)

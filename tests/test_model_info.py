@@ -14,7 +14,7 @@ from torch import nn
 
 from harness.commands.model_info import count_flops, count_params, model_info
 from models.discriminator import PoseDiscriminator
-from models.hourglass import StackedHourglass
+from models.hourglass import StackedHourglass, cancelled_bias_count
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,11 +22,28 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("stacks, low, high",
                          [(1, 3.4, 3.6), (2, 6.6, 6.7), (4, 12.9, 13.0), (8, 25.4, 25.6)])
 def test_generator_parameter_counts(stacks, low, high):
+    """The published counts are those of the reference implementation, whose convolutions all have biases: the
+    model's count plus the biases BatchNorm cancels (which this model drops) reproduces them."""
     with torch.device("meta"):  # shapes only: instant even for 8 stacks
         model = StackedHourglass(num_stacks=stacks, num_joints=16, features=256)
-    params = count_params(model)
-    assert low * 1e6 <= params <= high * 1e6
+    params, cancelled = count_params(model), cancelled_bias_count(model)
+    assert low * 1e6 <= params + cancelled <= high * 1e6
     assert params == sum(p.numel() for p in StackedHourglass(stacks, 16, 256).parameters())  # real CPU model
+    info = model_info(stacks=stacks, joints=16)
+    assert (info["params"], info["params_reference"]) == (params, params + cancelled)
+
+
+def test_cancelled_biases_are_those_of_convolutions_feeding_batchnorm():
+    """Per residual: the 1x1 and 3x3 convolutions before BatchNorm (mid channels each); per conv-BN-ReLU: its
+    output channels; the last 1x1 of a residual, the skips, heads and remaps keep theirs."""
+    model = StackedHourglass(num_stacks=1, num_joints=16, features=8, depth=1)
+    kept = {name for name, p in model.named_parameters() if name.endswith(".bias") and p.dim() == 1}
+    assert "stem.1.body.8.bias" in kept and "heads.0.bias" in kept and "stem.1.skip.bias" in kept
+    assert not any(n.endswith(("body.2.bias", "body.5.bias")) for n in kept)
+    # stem conv (4 = min(128, F) // 2) + 4 stem residuals (mid 4, 8, 8, 4) + depth-1 hourglass (4 residuals) +
+    # features_out residual (mid 4 each) + features_out conv-BN-ReLU (8)
+    residual_mids = [4, 4, 4, 4] + [4] * 4 + [4]
+    assert cancelled_bias_count(model) == 4 + 2 * sum(residual_mids) + 8
 
 
 def _conv_flops(cin, cout, k, h_out, w_out):

@@ -82,10 +82,13 @@ def model_info(stacks: int, joints: int, features: int = 256, residuals: int = 1
     """Measure on the meta device; -> dict with params, params_m, gflops, flop_convention, input_shape."""
     import torch
 
+    from models.hourglass import cancelled_bias_count
+
     with torch.device("meta"):
         model, inputs = build(stacks, joints, features, residuals, discriminator, conditional)
         flops = count_flops(model, *inputs)
     params = count_params(model)
+    cancelled = cancelled_bias_count(model)
     names = ("heatmaps", "image") if discriminator else ("image",)
     return {
         "model": ("PoseDiscriminator" + ("" if conditional else " (unconditional)")) if discriminator
@@ -93,6 +96,9 @@ def model_info(stacks: int, joints: int, features: int = 256, residuals: int = 1
         "stacks": stacks, "joints": joints, "features": features, "residuals": residuals,
         "params": params,
         "params_m": params / 1e6,
+        # the reference implementation's count: every convolution with a bias, also those BatchNorm cancels
+        "params_reference": params + cancelled,
+        "params_reference_m": (params + cancelled) / 1e6,
         "flops": flops,
         "gflops": flops / 1e9,
         "flop_convention": FLOP_CONVENTION,
@@ -116,10 +122,11 @@ def run(args) -> int:
 
     table = Table(title=f"{info['model']}: {args.stacks} stack(s), {args.joints} joints, F={args.features}, "
                         f"{args.residuals} residual(s)")
-    for col in ("params", "params (M)", "GFLOPs", "input"):
+    for col in ("params", "params (M)", "with cancelled biases (M)", "GFLOPs", "input"):
         table.add_column(col, justify="right")
     shapes = ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in info["input_shape"].items())
-    table.add_row(f"{info['params']:,}", f"{info['params_m']:.3f}", f"{info['gflops']:.3f}", shapes)
+    table.add_row(f"{info['params']:,}", f"{info['params_m']:.3f}", f"{info['params_reference_m']:.3f}",
+                  f"{info['gflops']:.3f}", shapes)
     console = Console()
     console.print(table)
     console.print(f"FLOPs: {FLOP_CONVENTION}")
