@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from data_pipelines.errors import UserError
+from harness.compiling import compile_model
 from harness.config import Config
 from harness.distributed import Runtime
 from harness.optim import build_optimizer
@@ -48,9 +49,8 @@ def build_models(cfg: Config, num_joints: int, rt: Runtime) -> tuple[nn.Module, 
         m.to(rt.device, param_dtype(t.precision))
         if t.channels_last:
             m.to(memory_format=torch.channels_last)
-        if t.compile:
-            # in place: DDP, DeepSpeed and G's frozen-D pass all run the compiled forward
-            m.compile(fullgraph=True, backend=t.compile_backend)
+        if t.compile:  # in place: DDP and DeepSpeed run the compiled forward
+            compile_model(m, t.compile_scope, t.compile_backend)
     return g, d
 
 

@@ -118,8 +118,10 @@ class TrainConfig(_Strict):
     keep_last: int = Field(3, ge=1)
     flip_test: bool = True
     threads: int | None = Field(None, ge=1, description="torch CPU threads per process")
-    compile: bool = Field(False, description="torch.compile G and D, whole-graph (compile time is excluded "
-                                             "from throughput)")
+    compile: bool = Field(False, description="torch.compile G and D (compile time is excluded from throughput)")
+    compile_scope: Literal["regional", "whole"] = Field(
+        "regional", description="regional: the hourglass, stem and features blocks, each compiled once and reused "
+                                "across stacks and between G and D (harness/compiling.py); whole: one graph per model")
     compile_backend: Literal["inductor", "aot_eager"] = Field(
         "inductor", description="torch.compile backend: inductor (generated kernels) or aot_eager (graph capture "
                                 "and AOTAutograd without code generation: what the CPU tests use)")

@@ -1,15 +1,17 @@
 """The adversarial objectives as objects: `none` (plain hourglass), `sat` (BEGAN-style) and `cgan` (d_fake).
 
-Each objective owns its hyper-parameters and state and gives the training step three things:
-  d_loss(D, real, fake, image, weight) -> (L_D, logs)   D's loss on the real heatmaps and the DETACHED fake
-  g_adv(D, fake, image, weight)        -> (term, logs)  the weighted adversarial term added to G's MSE loss
-  update(values)                       -> logs          the per-step update from rank-averaged values (k_t)
+Each objective owns its hyper-parameters and state and gives the training step two things:
+  adversarial(D, D_fake, real, fake, image, weight) -> (L_D, term, logs)   from ONE pass of D over real and one
+        over fake (D_fake: the same D, as the fake pass calls it): D's loss, and the weighted adversarial term
+        added to G's MSE loss
+  update(values)                       -> logs  the per-step update from rank-averaged values (k_t)
 so `harness.step.train_step` reads top to bottom with no branch on the objective's name.
 
 The rule for which D G's adversarial term goes through: the PRE-update D of this step (BEGAN computes both
-losses from one forward), called through its unwrapped module with its parameters frozen (no gradient to D,
-no DDP/DeepSpeed reducer armed) and its BatchNorm running statistics frozen (`frozen_discriminator`), so D's
-statistics are updated once per input kind (real, fake) per step. D's optimizer steps after G's backward.
+losses from one forward), in the same pass that gives D its loss on the fake: one D forward on the fake per step,
+whose BatchNorm running statistics are updated once per input kind (real, fake). The step routes the gradients:
+D's parameters get only L_D's (for SAT -k_t dL_fake/dtheta beside L_real's, for cGAN the fake-label term), G's
+output only the adversarial term's. D's optimizer steps after G's backward.
 
 Every value is a device tensor: nothing here reads a number back to the host, so a step never waits for the
 GPU. SAT's k_t is a float64 device scalar, updated from the losses averaged over ranks, hence identical on
@@ -18,37 +20,14 @@ every rank; `state_dict()` holds it as a plain float (checkpoints load with weig
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
-from torch import nn
 
 from harness.config import Config
 from models import losses
 
 Logs = dict[str, torch.Tensor]
-
-
-@contextmanager
-def frozen_discriminator(d: nn.Module) -> Iterator[nn.Module]:
-    """D for G's adversarial pass: parameters frozen (gradient flows through D's input only) and BatchNorm
-    layers still normalising with batch statistics (training mode) but NOT updating their running statistics
-    (momentum 0 leaves running = running; the batch counter is restored)."""
-    norms = [m for m in d.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
-             for m in norms]
-    for m in norms:
-        m.momentum = 0.0
-    try:
-        with losses.frozen_parameters(d):
-            yield d
-    finally:
-        for m, (momentum, count) in zip(norms, saved):
-            m.momentum = momentum
-            if count is not None:
-                m.num_batches_tracked.copy_(count)
 
 
 class NoAdversary:
@@ -57,10 +36,7 @@ class NoAdversary:
     name = "none"
     uses_discriminator = False
 
-    def d_loss(self, d, real, fake, image, weight) -> tuple[torch.Tensor, Logs]:
-        raise RuntimeError("objective 'none' has no discriminator")
-
-    def g_adv(self, d, fake, image, weight) -> tuple[torch.Tensor, Logs]:
+    def adversarial(self, d, d_fake_pass, real, fake, image, weight) -> tuple[torch.Tensor, torch.Tensor, Logs]:
         raise RuntimeError("objective 'none' has no discriminator")
 
     def update(self, values: Logs) -> Logs:
@@ -92,13 +68,10 @@ class SAT(NoAdversary):
         self.gamma, self.lambda_k, self.lambda_g = float(gamma), float(lambda_k), float(lambda_g)
         self.k = torch.tensor(float(k0), dtype=torch.float64, device=device)
 
-    def d_loss(self, d, real, fake, image, weight) -> tuple[torch.Tensor, Logs]:
-        loss, l_real, l_fake = losses.sat_discriminator_loss(d, real, fake, image, self.k)
-        return loss, {"loss_d": loss, "l_real": l_real, "l_fake": l_fake}
-
-    def g_adv(self, d, fake, image, weight) -> tuple[torch.Tensor, Logs]:
-        adv = losses.sat_generator_adv(d, fake, image)
-        return self.lambda_g * adv, {"loss_adv": adv}
+    def adversarial(self, d, d_fake_pass, real, fake, image, weight) -> tuple[torch.Tensor, torch.Tensor, Logs]:
+        t = losses.sat_losses(d, real, fake, image, self.k, D_fake=d_fake_pass)
+        return t.loss_d, self.lambda_g * t.adv, {"loss_d": t.loss_d, "l_real": t.l_real, "l_fake": t.l_fake,
+                                                 "loss_adv": t.adv}
 
     def update(self, values: Logs) -> Logs:
         l_real, l_fake = values["l_real"], values["l_fake"]
@@ -127,14 +100,11 @@ class CGAN(NoAdversary):
     def __init__(self, alpha: float, delta: float, distance: str, torso: tuple[int, int] | None):
         self.alpha, self.delta, self.distance, self.torso = float(alpha), float(delta), distance, torso
 
-    def d_loss(self, d, real, fake, image, weight) -> tuple[torch.Tensor, Logs]:
-        d_fake = losses.d_fake_targets(fake, real, self.delta, normalize=self.distance, torso=self.torso)
-        loss, l_real, l_fake = losses.cgan_discriminator_loss(d, real, fake, image, d_fake, weight)
-        return loss, {"loss_d": loss, "l_real": l_real, "l_fake": l_fake, "d_fake": d_fake.float().mean()}
-
-    def g_adv(self, d, fake, image, weight) -> tuple[torch.Tensor, Logs]:
-        adv = losses.cgan_generator_adv(d, fake, image, weight)
-        return self.alpha * adv, {"loss_adv": adv}
+    def adversarial(self, d, d_fake_pass, real, fake, image, weight) -> tuple[torch.Tensor, torch.Tensor, Logs]:
+        d_fake = losses.d_fake_targets(fake.detach(), real, self.delta, normalize=self.distance, torso=self.torso)
+        t = losses.cgan_losses(d, real, fake, image, d_fake, weight, D_fake=d_fake_pass)
+        return t.loss_d, self.alpha * t.adv, {"loss_d": t.loss_d, "l_real": t.l_real, "l_fake": t.l_fake,
+                                              "d_fake": d_fake.float().mean(), "loss_adv": t.adv}
 
 
 def build_objective(cfg: Config, torso: tuple[int, int] | None, device: torch.device) -> NoAdversary:

@@ -1,7 +1,8 @@
 """One optimizer step of Algorithm 1, for every objective (harness/objectives.py says which D G's term uses):
 
-    G forward -> MSE over stacks -> D's loss on real and detached fake, backward into D
-    -> G's adversarial term through the frozen, pre-update D -> backward into G -> step D, step G
+    G forward -> MSE over stacks -> ONE D pass on the real and one on the fake (a detached leaf): D's loss and G's
+    adversarial term -> G's adversarial gradient at D's input (D's parameters untouched) -> D's backward
+    -> G's backward (MSE + the adversarial gradient, one pass) -> step D, step G
 
 The caller then averages the returned values over ranks and lets the objective update its state (k_t).
 
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from harness.distributed import Runtime
-from harness.objectives import NoAdversary, frozen_discriminator
+from harness.objectives import NoAdversary
 from harness.precision import autocast, param_dtype
 from models import losses
 
@@ -56,6 +57,13 @@ class Model:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def loss_scale(self, device: torch.device) -> torch.Tensor | None:
+        """The GradScaler's current scale as a device tensor (no host sync), None without a scaler (a DeepSpeed
+        engine scales inside its own backward)."""
+        if self.engine is not None or self.scaler is None or not self.scaler.is_enabled():
+            return None
+        return self.scaler.scale(torch.ones((), device=device))
 
     def no_sync(self, skip: bool):
         """DDP: skip the gradient all-reduce on all but the last micro-batch."""
@@ -104,18 +112,35 @@ def train_step(micro_batches: list[dict], g: Model, d: Model | None, objective: 
             outputs = [o.to(dtype) for o in outputs]  # losses in fp32/fp64, outside autocast
             fake = outputs[-1]
             loss_mse = losses.heatmap_mse(outputs, target, weight)
-            loss_g = loss_mse
+            loss_g, g_loss = loss_mse, loss_mse  # g_loss: what G backpropagates (the logged loss_g's gradient)
             if d is not None:
+                # D's input: the fake cut from G's graph; its gradient is G's adversarial gradient. A view of the
+                # detached leaf, not the leaf: module trackers (FlopCounterMode's) refuse autograd.grad to a leaf
+                # that is a module input
+                fake_in = fake.detach().requires_grad_().view_as(fake)
                 with d.no_sync(not last):
+                    # the real pass through the strategy's wrapper (DDP's reducer, DeepSpeed's engine), the fake pass
+                    # through the plain module: autograd.grad below must not run DeepSpeed's backward hooks (they
+                    # refuse any backward but engine.backward); D's parameters still get both passes' gradients in
+                    # d.backward, where DDP and DeepSpeed reduce them
                     with autocast(device, precision):
-                        loss_d, d_logs = objective.d_loss(d.module, target, fake, image, weight)
+                        loss_d, adv, logs = objective.adversarial(d.module, unwrap(d.module), target, fake_in, image,
+                                                                  weight)
+                    adv = adv.to(dtype)
+                    # G's adversarial gradient through the pre-update D, before D's backward frees the graph; scaled
+                    # like G's loss under fp16 so that D's activation gradients do not underflow
+                    scale = g.loss_scale(device)
+                    (grad_fake,) = torch.autograd.grad(adv if scale is None else adv * scale, fake_in,
+                                                       retain_graph=True)
+                    if scale is not None:
+                        grad_fake = grad_fake / scale
                     d.backward(loss_d.to(dtype) / len(micro_batches))  # outside autocast, like every backward
-                with frozen_discriminator(unwrap(d.module)) as plain_d, autocast(device, precision):
-                    adv, g_logs = objective.g_adv(plain_d, fake, image, weight)
-                loss_g = loss_mse + adv.to(dtype)
-                values.add({**d_logs, **g_logs})
+                loss_g = loss_mse + adv.detach()
+                # d(g_loss)/d(fake) = dL_MSE/d(fake) + grad_fake: G's whole gradient in one backward
+                g_loss = loss_mse + (fake * grad_fake.to(fake.dtype)).sum()
+                values.add(logs)
             values.add({"loss_mse": loss_mse, "loss_g": loss_g})
-            g.backward(loss_g / len(micro_batches))
+            g.backward(g_loss / len(micro_batches))
     if measure_grad_norms:
         norms = {"grad_norm_g": g.grad_norm(), "grad_norm_d": d.grad_norm() if d is not None else None}
         values.values.update({k: v for k, v in norms.items() if v is not None})

@@ -2,28 +2,27 @@
 Adversarial Training (Chou et al.): the BEGAN-style "sat" objective and the cGAN objective with d_fake.
 
 Pure functions, no optimizer logic and no state: harness/objectives.py composes them into objectives (SAT's
-k_t controller lives there) and harness/step.py runs one step. The order of a step, with G the stacked
-hourglass and D a `models.discriminator.PoseDiscriminator`:
+k_t controller lives there) and harness/step.py runs one step. The order of a step, with G the stacked hourglass and D a
+`models.discriminator.PoseDiscriminator`:
 
     outputs = G(images); fake = outputs[-1]                  # the LAST stack's heatmaps
-    loss_d, l_real, l_fake = sat_discriminator_loss(D, target, fake, images, k)   # on the DETACHED fake
-    loss_d.backward()                                        # D's gradient, D not stepped yet
-    loss_g = heatmap_mse(outputs, target, weight) + lambda_g * sat_generator_adv(D, fake, images)
-    loss_g.backward()                                        # through the PRE-update D, frozen
+    leaf = fake.detach().requires_grad_()                    # D's input: one D pass serves D and G
+    t = sat_losses(D, target, leaf, images, k)               # L_D, L_adv, L_real, L_fake
+    g_adv = torch.autograd.grad(lambda_g * t.adv, leaf)      # G's adversarial gradient, D's parameters untouched
+    t.loss_d.backward()                                      # D's gradient, D not stepped yet
+    (heatmap_mse(outputs, target, weight) + (fake * g_adv).sum()).backward()   # G: MSE + adversarial, one pass
     opt_d.step(); opt_g.step()
 
-(cGAN: `d_fake_targets`, `cgan_discriminator_loss`, then `alpha * cgan_generator_adv`.) The *_generator_adv
-functions freeze D's parameters, so gradient reaches G through D's input only; with DistributedDataParallel
-pass them the unwrapped D (`ddp.module`), since no all-reduce should be expected of it. Defaults of the
-hyper-parameters live in the typed config (harness/config.py), nowhere else.
+(cGAN: `d_fake_targets`, then `cgan_losses` with alpha.) So G's adversarial term goes through the PRE-update D,
+computed once per step. Defaults of the hyper-parameters live in the typed config (harness/config.py), nowhere else.
 
 Heatmaps are [B, J, h, w] in the heatmap frame of models/heatmap.py; weights [B, J] (1 = supervise).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -63,22 +62,20 @@ def heatmap_mse(outputs: Sequence[torch.Tensor], target: torch.Tensor, weight: t
     return kernels.heatmap_mse(outputs, target, weight)
 
 
-@contextlib.contextmanager
-def frozen_parameters(module: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, `module`'s parameters do not require grad, so a forward pass run here builds
-    no graph to them: a later backward gives them no gradient while gradient still flows through the
-    module to its inputs. Restores each parameter's previous flag on exit (also on error)."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield module
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-
-
 # ---------------------------------------------------------------- SAT (BEGAN-style)
+
+
+class AdversarialLosses(NamedTuple):
+    """One step's adversarial terms from ONE pass of D over the real and one over the fake heatmaps.
+
+    loss_d is D's loss (its gradient is meant for D's parameters only), adv G's adversarial term (its gradient is
+    meant for the fake heatmaps only). Both hang off the same D pass on `fake`, so the caller routes the gradients
+    (harness/step.py): with `fake` a detached leaf that requires grad, torch.autograd.grad(adv, fake) is G's
+    adversarial gradient (no parameter of D touched) and loss_d.backward() gives D's parameter gradients."""
+    loss_d: torch.Tensor
+    adv: torch.Tensor
+    l_real: torch.Tensor
+    l_fake: torch.Tensor
 
 
 def reconstruction_error(D: nn.Module, heatmaps: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
@@ -93,29 +90,20 @@ def _check_k(k: float) -> float:
     return k
 
 
-def sat_discriminator_loss(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, image: torch.Tensor | None,
-                           k: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """D's SAT loss: (L_D, L_real, L_fake) with L_real = err(C, D(C, X)), L_fake = err(C^, D(C^, X)) on the
-    detached fake C^ (the last stack's output), L_D = L_real - k_t * L_fake.
-
-    All three are graph-attached tensors (D's parameters get gradient from both terms); use .item() for
-    logging and for SAT's k_t update (harness/objectives.py).
-    """
+def sat_losses(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, image: torch.Tensor | None,
+               k: float | torch.Tensor, D_fake: nn.Module | None = None) -> AdversarialLosses:
+    """SAT's terms: L_real = err(C, D(C, X)), L_fake = err(C^, D(C^, X)) with C^ the last stack's output,
+    L_D = L_real - k_t L_fake for D, and G's adversarial term L_adv = L_fake (L_G = L_MSE + lambda_G L_adv): the
+    same D pass on C^ serves both. `real` is detached here; `fake` is used as given (see AdversarialLosses).
+    `D_fake`: the same D called another way for the fake pass (default D; harness/step.py passes the plain module
+    where D is wrapped)."""
     _check_pair("fake", fake, "real", real)
     if not isinstance(k, torch.Tensor):
         k = _check_k(k)  # a device tensor is the caller's (kept in [0, 1]): checking it would sync the host
     l_real = reconstruction_error(D, real.detach(), image)
-    l_fake = reconstruction_error(D, fake.detach(), image)
+    l_fake = reconstruction_error(D if D_fake is None else D_fake, fake, image)
     k = k.to(l_fake.dtype) if isinstance(k, torch.Tensor) else k
-    return l_real - k * l_fake, l_real, l_fake
-
-
-def sat_generator_adv(D: nn.Module, fake: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
-    """G's SAT adversarial term L_adv = err(C^, D(C^, X)), with D's parameters frozen: the gradient
-    reaches G through D's input only. L_G = L_MSE + lambda_G * L_adv."""
-    _check_pair("fake", fake, "fake", fake)
-    with frozen_parameters(D):
-        return reconstruction_error(D, fake, image)
+    return AdversarialLosses(l_real - k * l_fake, l_fake, l_real, l_fake)
 
 
 # ---------------------------------------------------------------- cGAN with d_fake
@@ -154,27 +142,19 @@ def _weighted_bce(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tens
     return (loss * w).mean()
 
 
-def cgan_discriminator_loss(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, image: torch.Tensor | None,
-                            d_fake: torch.Tensor, weight: torch.Tensor | None = None
-                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """D's cGAN loss: (L_D, L_real, L_fake) with L_real = BCE(D(C, X).logits, 1), L_fake =
-    BCE(D(C^.detach(), X).logits, d_fake) (d_fake from `d_fake_targets`), L_D = L_real + L_fake, each a
-    mean over batch and joints (terms multiplied by `weight` [B, J], e.g. to mask unannotated joints).
-    All three are graph-attached; D's parameters get gradient from both terms, G none."""
+def cgan_losses(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, image: torch.Tensor | None,
+                d_fake: torch.Tensor, weight: torch.Tensor | None = None, D_fake: nn.Module | None = None
+                ) -> AdversarialLosses:
+    """The cGAN terms from one D pass on the fake's logits: L_real = BCE(D(C, X).logits, 1), L_fake =
+    BCE(D(C^, X).logits, d_fake) (d_fake from `d_fake_targets`), L_D = L_real + L_fake for D, and G's adversarial
+    term L_adv = BCE(D(C^, X).logits, 1) (L_G = L_MSE + alpha L_adv); each a mean over batch and joints, terms
+    multiplied by `weight` [B, J] (e.g. to mask unannotated joints). `real` is detached here; `fake` is used as
+    given (see AdversarialLosses); `D_fake` as in `sat_losses`."""
     _check_pair("fake", fake, "real", real)
     _check_weight(d_fake, real, "d_fake")
     _check_weight(weight, real)
-    l_real = _weighted_bce(D(real.detach(), image).logits, torch.ones_like(d_fake), weight)
-    l_fake = _weighted_bce(D(fake.detach(), image).logits, d_fake.detach(), weight)
-    return l_real + l_fake, l_real, l_fake
-
-
-def cgan_generator_adv(D: nn.Module, fake: torch.Tensor, image: torch.Tensor | None,
-                       weight: torch.Tensor | None = None) -> torch.Tensor:
-    """G's cGAN adversarial term BCE(D(C^, X).logits, 1) with D's parameters frozen (gradient reaches G
-    through D's input only). L_G = L_MSE + alpha * this."""
-    _check_pair("fake", fake, "fake", fake)
-    _check_weight(weight, fake)
-    with frozen_parameters(D):
-        logits = D(fake, image).logits
-    return _weighted_bce(logits, torch.ones_like(logits), weight)
+    ones = torch.ones_like(d_fake)
+    l_real = _weighted_bce(D(real.detach(), image).logits, ones, weight)
+    logits_fake = (D if D_fake is None else D_fake)(fake, image).logits
+    l_fake = _weighted_bce(logits_fake, d_fake.detach(), weight)
+    return AdversarialLosses(l_real + l_fake, _weighted_bce(logits_fake, ones, weight), l_real, l_fake)

@@ -111,7 +111,6 @@ def _train(spec: dict) -> None:
     from harness.strategies import deepspeed_engine as dse
     from harness.strategies import deepspeed_model as dsm
     from harness.strategies import deepspeed_state as dss
-    from models.losses import frozen_parameters
 
     g_net, d_net = _models()
     accum = spec["grad_accum"]
@@ -153,8 +152,10 @@ def _train(spec: dict) -> None:
         d_before = [p.detach().clone() for p in d_net.parameters()]
         for x, _ in parts:  # G: through D's module, D frozen
             fake = g.module(x)
-            with frozen_parameters(d_net), _autocast(spec["precision"]):
+            d_net.requires_grad_(False)
+            with _autocast(spec["precision"]):
                 loss_g = (d_net(fake).float() - 1).pow(2).mean()
+            d_net.requires_grad_(True)
             g.backward(loss_g / accum)
             checks["d_no_grad_in_g"] &= all(p.grad is None for p in d_net.parameters())
         g.step()

@@ -15,7 +15,6 @@ import torch
 
 from harness.build import build_discriminator, build_generator
 from harness.config import load_config
-from harness.objectives import frozen_discriminator
 from harness.trainer import Trainer
 
 TINY = ["data.name=synthetic", "data.input_size=64", "data.heatmap_size=16", "data.synthetic_train_size=24",
@@ -32,7 +31,7 @@ def _losses(run_dir) -> list[dict]:
 
 
 def test_g_and_d_compile_as_whole_graphs():
-    """Dynamo captures G, D and D inside G's frozen pass with no graph break (fullgraph=True would raise)."""
+    """Dynamo captures G and D with no graph break (fullgraph=True would raise)."""
     cfg = load_config(None, None, TINY + ["adversarial.objective=sat"])
     g, d = build_generator(cfg, 14), build_discriminator(cfg, 14)
     image, maps = torch.randn(2, 3, 64, 64), torch.rand(2, 14, 16, 16)
@@ -40,9 +39,6 @@ def test_g_and_d_compile_as_whole_graphs():
         explained = torch._dynamo.explain(fn)(*args)
         assert explained.graph_break_count == 0, (name, explained.break_reasons)
         assert explained.graph_count == 1, name
-    with frozen_discriminator(d):
-        explained = torch._dynamo.explain(d)(maps, image)
-    assert explained.graph_break_count == 0, explained.break_reasons
 
 
 # SGD with momentum for the comparisons: RMSprop and Adam divide by sqrt(v), so in their first steps a gradient
@@ -65,9 +61,11 @@ def _compare(tmp_path, cfg: list[str], fast: list[str], rel: float) -> list[dict
 
 @pytest.mark.parametrize("objective", ["none", "sat", "cgan"])
 def test_compiled_fused_step_matches_the_reference_over_20_steps_fp32(tmp_path, objective):
-    """fp32: the compiled graphs (aot_eager) and the foreach optimizers compute what the eager step does."""
+    """fp32: whole-model graphs (aot_eager) and the foreach optimizers compute what the eager step does, in the
+    same order (measured: bit-identical). Regional graphs sum some gradients in another order: tests/test_compile.py."""
     ref = _compare(tmp_path, [*TINY, *SGD, f"adversarial.objective={objective}", "train.max_steps=20"],
-                   ["train.compile=true", "train.compile_backend=aot_eager", "train.fused_optimizer=true"], 1e-6)
+                   ["train.compile=true", "train.compile_backend=aot_eager", "train.compile_scope=whole",
+                    "train.fused_optimizer=true"], 1e-6)
     if objective == "sat":
         assert ref[-1]["k"] != 0.3, "k_t must move for its trajectory to be compared"
 

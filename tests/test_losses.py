@@ -12,15 +12,7 @@ import torch
 
 from models.discriminator import PoseDiscriminator
 from models.hourglass import StackedHourglass
-from models.losses import (
-    cgan_discriminator_loss,
-    cgan_generator_adv,
-    d_fake_targets,
-    frozen_parameters,
-    heatmap_mse,
-    sat_discriminator_loss,
-    sat_generator_adv,
-)
+from models.losses import cgan_losses, d_fake_targets, heatmap_mse, sat_losses
 
 J, HM = 4, 16  # tiny models: 4 joints, 16x16 heatmaps (64x64 input)
 
@@ -95,7 +87,7 @@ def test_sat_losses_match_manual_float64():
     image, real = batch()
     fake = torch.rand_like(real)
     k = 0.3
-    loss, l_real, l_fake = sat_discriminator_loss(D, real, fake, image, k)
+    loss, adv, l_real, l_fake = sat_losses(D, real, fake, image, k)
     D64 = copy.deepcopy(D).double()
     with torch.no_grad():
         rec_real = D64(real.double(), image.double()).reconstruction.numpy()
@@ -104,42 +96,58 @@ def test_sat_losses_match_manual_float64():
     assert math.isclose(l_real.item(), ref_real, rel_tol=1e-4)
     assert math.isclose(l_fake.item(), ref_fake, rel_tol=1e-4)
     assert math.isclose(loss.item(), ref_real - k * ref_fake, rel_tol=1e-4, abs_tol=1e-7)
-    assert math.isclose(sat_generator_adv(D, fake, image).item(), ref_fake, rel_tol=1e-4)
+    assert math.isclose(adv.item(), ref_fake, rel_tol=1e-4)
     with pytest.raises(ValueError, match="k_t"):
-        sat_discriminator_loss(D, real, fake, image, 1.5)
+        sat_losses(D, real, fake, image, 1.5)
+
+
+def _routed(losses_of, D, G, image, real):
+    """The step's routing on one D pass: G's adversarial gradient at D's input (a detached leaf) by
+    autograd.grad, D's parameter gradient from L_D, and the same two by separate passes for comparison."""
+    fake = G(image)[-1]
+    leaf = fake.detach().requires_grad_()
+    t = losses_of(D, real, leaf, image)
+    (g_fake,) = torch.autograd.grad(t.adv, leaf, retain_graph=True)
+    assert all(g is None for g in grads(D)), "autograd.grad of the adversarial term touched D's parameters"
+    t.loss_d.backward()
+    d_grads = [p.grad.clone() for p in D.parameters()]
+    # separately: G's term through a frozen copy of D, D's loss on the detached fake through a fresh copy
+    frozen = copy.deepcopy(D).requires_grad_(False)
+    fake2 = fake.detach().requires_grad_()
+    (g_sep,) = torch.autograd.grad(losses_of(frozen, real, fake2, image).adv, fake2)
+    fresh = copy.deepcopy(D)
+    fresh.zero_grad()
+    losses_of(fresh, real, fake.detach(), image).loss_d.backward()
+    return g_fake, g_sep, d_grads, [p.grad for p in fresh.parameters()]
 
 
 def test_sat_gradient_paths():
     G, D = tiny_g(), tiny_d()
     image, real = batch()
-    # G step: gradient reaches G through D's input; D's parameters get none and stay trainable.
-    fake = G(image)[-1]
-    sat_generator_adv(D, fake, image).backward()
-    assert total_abs_grad(G) > 0
-    assert all(g is None for g in grads(D))
-    assert all(p.requires_grad for p in D.parameters())
-    # The gradient really passes through D: with D's output detached, G's gradient would differ.
-    G.zero_grad()
-    fake = G(image)[-1]
-    l_adv = sat_generator_adv(D, fake, image)
-    g_fake = torch.autograd.grad(l_adv, fake)[0]
-    direct = torch.autograd.grad(((fake - D(fake.detach(), image).reconstruction.detach()) ** 2).mean(),
-                                 fake)[0]
-    assert (g_fake - direct).abs().max() > 1e-6 * direct.abs().max()
-    # D step: D gets gradient from L_real and from L_fake separately; G gets none (fake detached).
-    G.zero_grad()
-    fake = G(image)[-1]
     k = 0.4
-    loss, l_real, l_fake = sat_discriminator_loss(D, real, fake, image, k)
+    # D's gradient: from L_real and from L_fake separately; L_D = L_real - k L_fake
+    fake = G(image)[-1]
+    loss, adv, l_real, l_fake = sat_losses(D, real, fake.detach(), image, k)
     params = list(D.parameters())
     g_real = torch.autograd.grad(l_real, params, retain_graph=True)
     g_fk = torch.autograd.grad(l_fake, params, retain_graph=True)
-    assert sum(float(g.abs().sum()) for g in g_real) > 0
-    assert sum(float(g.abs().sum()) for g in g_fk) > 0
+    assert sum(float(g.abs().sum()) for g in g_real) > 0 and sum(float(g.abs().sum()) for g in g_fk) > 0
     loss.backward()
     for p, gr, gf in zip(params, g_real, g_fk):
         torch.testing.assert_close(p.grad, gr - k * gf, atol=1e-6, rtol=1e-4)
-    assert all(g is None for g in grads(G))
+    assert all(g is None for g in grads(G)), "the real term must not reach G"
+    # one pass routed as the step does = the two separate passes
+    D.zero_grad(set_to_none=True)
+    g_fake, g_sep, d_grads, d_sep = _routed(lambda D_, r, f, x: sat_losses(D_, r, f, x, k), D, G, image, real)
+    torch.testing.assert_close(g_fake, g_sep, atol=1e-7, rtol=1e-5)
+    assert float(g_fake.abs().sum()) > 0
+    for a, b in zip(d_grads, d_sep, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
+    # The gradient really passes through D: with D's output detached, G's gradient would differ.
+    fake = G(image)[-1]
+    direct = torch.autograd.grad(((fake - D(fake.detach(), image).reconstruction.detach()) ** 2).mean(),
+                                 fake)[0]
+    assert (g_fake - direct).abs().max() > 1e-6 * direct.abs().max()
 
 
 # ---------------------------------------------------------------- cGAN
@@ -213,32 +221,26 @@ def test_cgan_losses_match_manual_float64_with_weights():
         ref_f = sum(wn[b, j] * np_bce_logits(lf[b, j], d_fake[b, j].item())
                     for b in range(3) for j in range(J)) / (3 * J)
         ref_g = sum(wn[b, j] * np_bce_logits(lf[b, j], 1.0) for b in range(3) for j in range(J)) / (3 * J)
-        loss, l_real, l_fake = cgan_discriminator_loss(D, real, fake, image, d_fake, wt)
+        loss, adv, l_real, l_fake = cgan_losses(D, real, fake, image, d_fake, wt)
         assert math.isclose(l_real.item(), ref_r, rel_tol=1e-5)
         assert math.isclose(l_fake.item(), ref_f, rel_tol=1e-5)
         assert math.isclose(loss.item(), ref_r + ref_f, rel_tol=1e-5)
-        assert math.isclose(cgan_generator_adv(D, fake, image, wt).item(), ref_g, rel_tol=1e-5)
+        assert math.isclose(adv.item(), ref_g, rel_tol=1e-5)
     # all-zero weight: zero loss, not NaN
-    _, l0, _ = cgan_discriminator_loss(D, real, fake, image, d_fake, torch.zeros(3, J))
+    l0 = cgan_losses(D, real, fake, image, d_fake, torch.zeros(3, J)).l_real
     assert l0.item() == 0.0
     with pytest.raises(ValueError, match="d_fake"):
-        cgan_discriminator_loss(D, real, fake, image, d_fake[:, :2])
+        cgan_losses(D, real, fake, image, d_fake[:, :2])
 
 
 def test_cgan_gradient_paths():
-    """The thesis's public code gave D no gradient; ours must: G from the adversarial term (D frozen),
+    """The thesis's public code gave D no gradient; ours must: G from the adversarial term (through D's input),
     D from the real term and from the fake term separately (G none)."""
     G, D = tiny_g(), tiny_d()
     image, real = batch()
     fake = G(image)[-1]
-    cgan_generator_adv(D, fake, image).backward()
-    assert total_abs_grad(G) > 0
-    assert all(g is None for g in grads(D))
-    assert all(p.requires_grad for p in D.parameters())
-    G.zero_grad()
-    fake = G(image)[-1]
     d_fake = d_fake_targets(fake, real, 0.3)
-    loss, l_real, l_fake = cgan_discriminator_loss(D, real, fake, image, d_fake)
+    loss, adv, l_real, l_fake = cgan_losses(D, real, fake.detach(), image, d_fake)
     params = list(D.parameters())
     g_real = torch.autograd.grad(l_real, params, retain_graph=True)
     g_fk = torch.autograd.grad(l_fake, params, retain_graph=True)
@@ -248,14 +250,11 @@ def test_cgan_gradient_paths():
     for p, gr, gf in zip(params, g_real, g_fk):
         torch.testing.assert_close(p.grad, gr + gf, atol=1e-6, rtol=1e-4)
     assert all(g is None for g in grads(G))
+    D.zero_grad(set_to_none=True)
+    g_fake, g_sep, d_grads, d_sep = _routed(lambda D_, r, f, x: cgan_losses(D_, r, f, x, d_fake), D, G, image, real)
+    torch.testing.assert_close(g_fake, g_sep, atol=1e-7, rtol=1e-5)
+    assert float(g_fake.abs().sum()) > 0
+    for a, b in zip(d_grads, d_sep, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
 
 
-def test_frozen_parameters_restores_flags_even_on_error():
-    D = tiny_d()
-    first = next(D.parameters())
-    first.requires_grad_(False)  # an already-frozen parameter stays frozen
-    with pytest.raises(RuntimeError), frozen_parameters(D):
-        assert not any(p.requires_grad for p in D.parameters())
-        raise RuntimeError("boom")
-    assert not first.requires_grad
-    assert all(p.requires_grad for p in list(D.parameters())[1:])

@@ -52,6 +52,14 @@ def plot(report: dict, path: Path) -> None:
         axes[1].axvline(1.0, color="k", lw=0.8)
         axes[1].set_xlabel("time / bandwidth floor")
         axes[1].invert_yaxis()
+    elif suite == "compile":
+        timed = [r for r in rows if r.get("value") is not None]
+        axes[0].barh([r["key"] for r in timed], [r["value"] for r in timed], color="tab:blue")
+        axes[0].set_xlabel("compile s (median over repeats)")
+        axes[0].invert_yaxis()
+        axes[1].barh([r["key"] for r in timed], [r["steady_step_ms"]["median"] for r in timed], color="tab:green")
+        axes[1].set_xlabel("steady step ms (median)")
+        axes[1].invert_yaxis()
     elif suite == "scaling":
         w = [r["world_size"] for r in rows]
         axes[0].plot(w, [r["value"] for r in rows], "o-", label="measured")

@@ -56,6 +56,12 @@ COLUMNS: dict[str, list[Column]] = {
                 ("GB/s", lambda r: _f(r.get("gbs"))), ("x floor", lambda r: _f(r.get("x_floor"), "{:.2f}")),
                 ("matches torch", lambda r: {True: "yes", False: "NO", None: "-"}[r.get("correct")]),
                 ("max rel. error", lambda r: _f(r.get("rel_error"), "{:.1e}"))],
+    "compile": [("variant", lambda r: r["variant"]), ("scope", lambda r: r["scope"]),
+                ("backend", lambda r: r["backend"]), ("cache", lambda r: r["cache"]),
+                ("compile s (min-max)", lambda r: _spread(r, "compile_s") if r.get("compile_s") else
+                 "failed: " + "; ".join(r["errors"])),
+                ("graphs", lambda r: str(r.get("graphs", "-"))),
+                ("steady step ms", lambda r: _spread(r, "steady_step_ms"))],
     "scaling": [("world size", lambda r: str(r["world_size"])), ("img/s", lambda r: _f(r["value"])),
                 ("img/s per device", lambda r: _f(r.get("images_per_s_per_device"))),
                 ("speed-up", lambda r: _f(r.get("speedup"), "{:.2f}")),

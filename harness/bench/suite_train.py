@@ -36,8 +36,8 @@ from harness.sinks import build_sinks
 from harness.step import synchronized_step, train_step
 
 FLOP_CONVENTION = ("torch.utils.flop_counter.FlopCounterMode over one train_step as it runs (G forward and "
-                   "backward, D on real and fake with its backward, G's adversarial pass through the frozen D "
-                   "and its backward to G): convolutions and matmuls only, 1 multiply-add = 2 FLOPs; BatchNorm, "
+                   "backward, D on real and on the fake with its backward, the fake's pass once more backward for G's "
+                   "adversarial gradient): convolutions and matmuls only, 1 multiply-add = 2 FLOPs; BatchNorm, "
                    "activations, pooling, losses and optimizer updates not counted")
 
 

@@ -5,6 +5,7 @@
     python -m harness bench data --preset lsp-sat-4s --workers 0 1 2
     python -m harness bench kernels
     python -m harness bench scaling --preset quickstart --world-sizes 1 2
+    python -m harness bench compile --preset lsp-sat-4s --variants regional:train.compile=true whole:...
     python -m harness bench compare OLD.json NEW.json --threshold 0.05   (exit 1 on a regression)
 """
 
@@ -21,7 +22,8 @@ SUITES = {"train": "the training step (G and D) per variant: img/s, latency, dat
           "infer": "G alone, with and without flip test, over batch sizes: img/s and latency",
           "data": "loader throughput per backend and worker count beside decode and decode+warp ceilings",
           "kernels": "every fused op against its torch reference: time, GB/s, bandwidth floor",
-          "scaling": "the train suite under torchrun at world sizes 1..N: efficiency vs linear"}
+          "scaling": "the train suite under torchrun at world sizes 1..N: efficiency vs linear",
+          "compile": "torch.compile of the training step per variant, cold and warm inductor cache, fresh processes"}
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
 
 
@@ -86,6 +88,10 @@ def run(args) -> int:
         from harness.bench import suite_data
 
         result = suite_data.run(variants[0], args.workers, args.samples, args.repeats)
+    elif args.suite == "compile":
+        from harness.bench import suite_compile
+
+        result = suite_compile.run(variants, args.repeats)
     elif args.suite == "kernels":
         from harness.bench import suite_kernels
 
