@@ -75,6 +75,21 @@ def test_bench_train_resident_and_unavailable_variant(tmp_path, monkeypatch):
     assert rows["warp"]["value"] is None and "variant unavailable: train.warp_drive" in rows["warp"]["note"]
 
 
+def test_bench_compile_cold_and_warm_in_fresh_processes(tmp_path):
+    """One variant (regional, aot_eager: no C++ compile), one repeat: a cold and a warm row, each from its own
+    process, with the compile time, Dynamo's graph count and the steady step."""
+    assert main(["bench", "compile", *TINY, "adversarial.objective=none", "--variants",
+                 "regional:train.compile=true,train.compile_backend=aot_eager", "--repeats", "1",
+                 "--out", str(tmp_path)]) == 0
+    report = _report(tmp_path, "compile")
+    rows = {r["key"]: r for r in report["rows"]}
+    assert set(rows) == {"regional/cold", "regional/warm"}
+    for r in rows.values():
+        assert not r["errors"] and r["scope"] == "regional" and r["backend"] == "aot_eager"
+        assert r["value"] == r["compile_s"]["median"] > 0 and r["graphs"] == 3  # G: stem, hourglass, features
+        assert r["steady_step_ms"]["median"] > 0 and r["higher_is_better"] is False
+
+
 def test_variants_resolve_and_refuse_unknown_keys():
     v = {x.name: x for x in variants.resolve(["reference", "fast", "mine:train.precision=bf16"], "quickstart",
                                              None, [])}
