@@ -11,6 +11,7 @@ from data_pipelines.errors import UserError
 from harness.compiling import compile_model
 from harness.config import Config
 from harness.distributed import Runtime
+from harness.graphed_step import refusal as graph_refusal
 from harness.optim import build_optimizer
 from harness.precision import param_dtype
 from harness.step import Model
@@ -88,9 +89,11 @@ def wrap_models(cfg: Config, rt: Runtime, g: nn.Module, d: nn.Module | None,
 
         return wrap_pair(cfg, rt, micro_batch, g, d)
 
+    capturable = t.cuda_graphs and graph_refusal(cfg, rt) is None  # the step will be one CUDA graph
+
     def handle(module: nn.Module, opt_cfg) -> Model:
         scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" else None
         wrapped = _ddp(module, rt) if rt.distributed else module
-        return Model(wrapped, build_optimizer(module.parameters(), opt_cfg, t.fused_optimizer), scaler)
+        return Model(wrapped, build_optimizer(module.parameters(), opt_cfg, t.fused_optimizer, capturable), scaler)
 
     return handle(g, t.generator), (handle(d, t.discriminator) if d is not None else None)

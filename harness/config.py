@@ -125,6 +125,9 @@ class TrainConfig(_Strict):
     compile_backend: Literal["inductor", "aot_eager"] = Field(
         "inductor", description="torch.compile backend: inductor (generated kernels) or aot_eager (graph capture "
                                 "and AOTAutograd without code generation: what the CPU tests use)")
+    cuda_graphs: bool = Field(False, description="the whole step (G, D, both optimizers, k_t) in one CUDA graph, "
+                                                 "replayed each step (harness/graphed_step.py); where it cannot be "
+                                                 "used the run steps eagerly and says why")
     channels_last: bool = Field(False, description="NHWC memory format for G, D and the images (GPU tensor cores)")
     fused_optimizer: bool = Field(False, description="fused (CUDA) or multi-tensor foreach (CPU) optimizer kernels")
     deterministic: bool = Field(False, description="CUDA: deterministic algorithms, no TF32, no cuDNN autotuning "

@@ -76,8 +76,9 @@ class SAT(NoAdversary):
     def update(self, values: Logs) -> Logs:
         l_real, l_fake = values["l_real"], values["l_fake"]
         convergence = l_real + (self.gamma * l_real - l_fake).abs()
-        self.k = (self.k + self.lambda_k * (self.gamma * l_real - l_fake)).clamp(0.0, 1.0)
-        return {"k": self.k, "convergence": convergence}
+        # in place: a CUDA graph of the step (harness/graphed_step.py) reads and writes this very tensor
+        self.k.copy_((self.k + self.lambda_k * (self.gamma * l_real - l_fake)).clamp(0.0, 1.0))
+        return {"k": self.k.clone(), "convergence": convergence}
 
     def state_dict(self) -> dict[str, Any]:
         return {"k": float(self.k), "gamma": self.gamma, "lambda_k": self.lambda_k}
@@ -86,7 +87,7 @@ class SAT(NoAdversary):
         missing = {"k", "gamma", "lambda_k"} - set(state)
         if missing:
             raise ValueError(f"SAT objective state lacks {sorted(missing)}")
-        self.k = torch.tensor(float(state["k"]), dtype=torch.float64, device=self.k.device)
+        self.k.fill_(float(state["k"]))
 
 
 class CGAN(NoAdversary):

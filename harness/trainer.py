@@ -25,8 +25,10 @@ from harness.data import RunData
 from harness.distributed import Runtime, device_notes, init_runtime
 from harness.evaluate import PROTOCOL_OF
 from harness.files import write_json
+from harness.graphed_step import WARMUP_STEPS, GraphedStep
+from harness.graphed_step import refusal as graph_refusal
 from harness.objectives import build_objective
-from harness.optim import set_lr
+from harness.optim import lr_at, set_lr
 from harness.precision import set_numerics
 from harness.preemption import EXIT_PREEMPTED, Preempted, Preemption
 from harness.sinks import Sinks, build_sinks
@@ -60,6 +62,14 @@ class Trainer:
         self.generator, self.discriminator = build_models(cfg, self.data.skeleton.num_joints, self.rt)
         self.g, self.d = wrap_models(cfg, self.rt, self.generator, self.discriminator, self.micro_batch)
         self.objective = build_objective(cfg, self.data.skeleton.torso, self.rt.device)
+        self.graphed: GraphedStep | None = None
+        if t.cuda_graphs:
+            why = graph_refusal(cfg, self.rt)
+            if why is None:
+                self.graphed = GraphedStep(self._graph_step, self.rt.device)
+                self.sinks.info(f"train.cuda_graphs: the step is captured after {WARMUP_STEPS} eager warm-up steps")
+            else:
+                self.sinks.info(f"train.cuda_graphs: stepping eagerly: {why}")
         self.validator = Validator(cfg, self.data, self.rt, self.sinks, max(self.micro_batch, 8))
         self.preemption = Preemption(self.rt, t.log_every)
         self.ckpts = ckpt.CheckpointManager(self.run_dir / "checkpoints", t.keep_last)
@@ -204,7 +214,10 @@ class Trainer:
         # uint8 crops -> colour jitter, normalisation and targets on the device
         micro = [self.data.to_device(b, dev, t.channels_last) for b in micro]
         log_now = (self.step + 1) % t.log_every == 0 or self.step == 0
-        reduced = synchronized_step(micro, self.g, self.d, self.objective, self.rt, t.precision, log_now)
+        if self.graphed is not None:
+            reduced = self.graphed(micro)
+        else:
+            reduced = synchronized_step(micro, self.g, self.d, self.objective, self.rt, t.precision, log_now)
         finite = torch.stack(list(reduced.values())).isfinite().all()
         self._nonfinite_step = torch.where(finite | (self._nonfinite_step >= 0), self._nonfinite_step,
                                            torch.full_like(self._nonfinite_step, self.step + 1))
@@ -218,6 +231,10 @@ class Trainer:
         if log_now:
             self._log(reduced, n_img / max(step_s, 1e-9))
 
+    def _graph_step(self, micro: list[dict]) -> dict[str, torch.Tensor]:
+        """The step a CUDA graph records: always with the gradient norms (a graph has no per-step switch)."""
+        return synchronized_step(micro, self.g, self.d, self.objective, self.rt, self.cfg.train.precision, True)
+
     def _log(self, reduced: dict[str, torch.Tensor], images_per_s: float) -> None:
         """The one read-back of device values: every log_every steps."""
         names = list(reduced)
@@ -226,9 +243,10 @@ class Trainer:
         if bad_step >= 0:
             raise UserError(f"non-finite loss at step {bad_step} (seen at step {self.step}): {values}; "
                             f"checkpoints in {self.ckpts.dir} hold the last good states")
-        values["lr_g"] = self.g.optimizer.param_groups[0]["lr"]
+        t, per_epoch = self.cfg.train, self.data.steps_per_epoch
+        values["lr_g"] = lr_at(t.generator, self.step - 1, per_epoch)  # the rate this step ran with
         if self.d is not None:
-            values["lr_d"] = self.d.optimizer.param_groups[0]["lr"]
+            values["lr_d"] = lr_at(t.discriminator, self.step - 1, per_epoch)
         values["images_per_s"] = images_per_s
         self.sinks.record("train", {"step": self.step, "epoch": self.epoch, **values})
 
