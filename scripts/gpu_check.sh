@@ -84,6 +84,9 @@ if [ -f .gpu/parts/manifest.json ]; then  # the offline bundle's parts: verify, 
   SITE_LINE=$(tail -1 "$LOGS/gpu_check_bundle.log")
   if [ "$rc" = 0 ] && [[ "$SITE_LINE" == PYTHONPATH=* ]]; then
     export PYTHONPATH="$PYTHONPATH:${SITE_LINE#PYTHONPATH=}"
+    # libnvjpeg.so.13 of nvidia-nvjpeg (the image has none) for nvImageCodec's dlopen, wherever it looks
+    NVJPEG_LIB="${SITE_LINE#PYTHONPATH=}/nvidia/cu13/lib"
+    [ -d "$NVJPEG_LIB" ] && export LD_LIBRARY_PATH="$NVJPEG_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     say PASS bundle "$(head -2 "$LOGS/gpu_check_bundle.log" | tr '\n' ' ')"
   else
     say FAIL bundle "exit $rc: $(grep -v '^PYTHONPATH=' "$LOGS/gpu_check_bundle.log" | tr '\n' ' ' | cut -c1-1500)"
