@@ -78,7 +78,7 @@ count() {  # the PASS/FAIL/SKIP lines of a python step, counted here too
 }
 
 # -- dependencies -----------------------------------------------------------------------------------------
-if [ -f .gpu/parts/manifest.json ]; then  # the offline bundle's parts: verify, reassemble, install (harness/bundle.py)
+if [ -f .gpu/parts/manifest.json ]; then  # the offline bundle's parts: verify, reassemble, install (harness/bundle/)
   "$PY" -m harness.bundle install --dir .gpu > "$LOGS/gpu_check_bundle.log" 2>&1
   rc=$?
   SITE_LINE=$(tail -1 "$LOGS/gpu_check_bundle.log")

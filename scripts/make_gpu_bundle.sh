@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make the offline bundle scripts/gpu_check.sh installs on a bare GPU image (or an air-gapped cluster):
 # .gpu/parts/satpose-<id>.NNN-of-MMM.part (each at most --part-size, default 60 MiB: one per transfer) and
-# .gpu/parts/manifest.json (sha256 and size of every file and part). The logic is harness/bundle.py; see
+# .gpu/parts/manifest.json (sha256 and size of every file and part). The logic is harness/bundle/; see
 # docs/offline-bundle.md. Groups (--with, comma-separated; default lsp,pydantic):
 #   lsp        the first --images N LSP images (default 320) and their joints.mat, real JPEGs for the GPU checks
 #   pydantic   pydantic and its own deps (the harness's config needs it; the GPU image lacks it)

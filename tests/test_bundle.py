@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import bundle
+from harness.bundle import make as bundle_make
+from harness.bundle import parts as bundle
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -158,10 +159,10 @@ def test_sizes_groups_and_lsp_subset(tmp_path, lsp_root):
     for bad in ("0", "-1", "60 parsecs"):
         with pytest.raises(ValueError):
             bundle.parse_size(bad)
-    assert bundle.resolve_groups(["ray", "deepspeed", "lsp"]) == ["pydantic", "ray", "deepspeed", "lsp"]
+    assert bundle_make.resolve_groups(["ray", "deepspeed", "lsp"]) == ["pydantic", "ray", "deepspeed", "lsp"]
     with pytest.raises(ValueError, match="unknown bundle group 'dally'"):
-        bundle.resolve_groups(["dally"])
-    m = bundle.make(["lsp"], tmp_path, 50_000, 3, lsp_root, tmp_path / "cache")
+        bundle_make.resolve_groups(["dally"])
+    m = bundle_make.make(["lsp"], tmp_path, 50_000, 3, lsp_root, tmp_path / "cache")
     assert [f["path"] for f in m["files"]] == ["lsp/joints.mat"] + [f"lsp/images/im000{i}.jpg" for i in (1, 2, 3)]
     assert m["part_count"] > 1 and m["install_order"] == []
     bundle.install(tmp_path)

@@ -1,28 +1,9 @@
-"""Offline bundles in parts: what a bare, offline GPU image (or an air-gapped cluster) lacks, split into
-numbered parts small enough for one transfer each, with a manifest of hashes; reassembled, verified and
-installed there with python3 + pip alone (this module imports nothing outside the standard library).
-
-    python -m harness.bundle make [--with lsp,pydantic,dali,deepspeed,ray] [--dir .gpu] [--part-size 60MiB]
-                                  [--images 320] [--lsp DIR] [--cache DIR]
-    python -m harness.bundle verify [--dir .gpu]
-    python -m harness.bundle install [--dir .gpu] [--site DIR]
-
-`make` stages the chosen groups' files (an LSP subset as lsp/; wheels for CPython 3.12 on manylinux x86_64 as
-wheels/, downloaded with pip, or built from the sdist where PyPI has no wheel), concatenates them into one
-byte stream in install order and cuts it into DIR/parts/satpose-<id>.NNN-of-MMM.part, beside
-DIR/parts/manifest.json: each file's path, size, sha256 and offset in the stream; each part's name, size and
-sha256; the part count; the wheels' install order; the modules each group must make importable. The id is a
-hash of the contents, so parts of two bundles never share a name. `verify` checks every part against the
-manifest and names each missing, truncated or corrupt part (expected against found size and sha256), the files
-it breaks, and parts found there that belong to another bundle. `install` verifies, reassembles the files
-under DIR (DIR/lsp, DIR/wheels: where scripts/gpu_check.sh looks), checks every file's sha256, installs the
-wheels with `pip install --no-index --no-deps --target SITE` (default DIR/site) and prints the PYTHONPATH to
-use. Exit codes: 0 done, 1 a part or file is missing or corrupt (or pip failed), 2 bad arguments.
-"""
+"""The parts of an offline bundle: pack files into numbered parts with a manifest, verify them (naming each
+missing or corrupt part and the files it breaks), reassemble and pip-install offline. Standard library only:
+it runs on the target before anything is installed (see harness/bundle/__init__.py)."""
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import hashlib
 import json
@@ -31,9 +12,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 FORMAT = "satpose-bundle/1"
@@ -41,42 +19,6 @@ MANIFEST = "manifest.json"
 MiB = 1 << 20
 DEFAULT_PART_SIZE = 60 * MiB  # the device tool takes 64 MiB a transfer, the repository's own files included
 CHUNK = 4 * MiB
-
-# pip's flags for wheels that run on the GPU image (CPython 3.12, manylinux x86_64: /work/.library/device)
-PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
-             "manylinux2014_x86_64", "manylinux1_x86_64"]
-
-
-@dataclass(frozen=True)
-class Group:
-    """One `--with` choice: pinned wheels (deps first: the install order), groups it needs, modules to check."""
-    wheels: tuple[str, ...] = ()
-    needs: tuple[str, ...] = ()
-    imports: tuple[str, ...] = ()
-    sdists: tuple[str, ...] = ()  # no wheel on PyPI: built here with `pip wheel --no-deps --no-build-isolation`
-
-
-# What the GPU image lacks (its package list: /work/.library/device/KINDS.md), from each wheel's METADATA
-# Requires-Dist, read on 2026-12-05. Already there: numpy, six, packaging, pyyaml, typing-extensions (kept
-# below for pydantic's >= 4.16), numba, msgpack, ninja, psutil, py-cpuinfo, einops, tqdm, nvidia-ml-py,
-# click, filelock, protobuf, requests, attrs, pandas, pyarrow, fsspec, aiosignal, frozenlist.
-GROUPS: dict[str, Group] = {
-    "lsp": Group(),  # the LSP subset: files, not wheels (see lsp_files)
-    "pydantic": Group(("typing-extensions==4.16.0", "annotated-types==0.8.0", "typing-inspection==0.4.5",
-                       "pydantic-core==2.50.5", "pydantic==2.14.4"), imports=("pydantic",)),
-    # nvidia-dali-cuda130 2.4.0 needs nvidia-nvimgcodec-cu13[all] 0.9 and nvidia-libnvcomp-cu13 ==5.3.0.16;
-    # of the [all] extra only nvidia-nvjpeg (libnvjpeg.so.13, CUDA 13.0's) is taken: nvjpeg2k and nvtiff
-    # decode JPEG 2000 and TIFF, which this project does not read.
-    "dali": Group(("astunparse==1.6.3", "gast==0.7.0", "makefun==1.16.0", "libcst==1.9.0", "nvtx==0.2.17",
-                   "optree==0.20.0", "nvidia-nvjpeg==13.0.4.44", "nvidia-libnvcomp-cu13==5.3.0.16",
-                   "nvidia-nvimgcodec-cu13==0.9.0.20", "nvidia-dali-cuda130==2.4.0"),
-                  imports=("nvidia.dali", "nvidia.nvimgcodec")),
-    "deepspeed": Group(("hjson==3.1.0",), needs=("pydantic",), imports=("deepspeed", "hjson"),
-                       sdists=("deepspeed==0.19.8",)),
-    "ray": Group(("rpds-py==2026.9.1", "referencing==0.37.0", "jsonschema-specifications==2025.9.1",
-                  "jsonschema==4.26.0", "tensorboardX==2.6.5", "ray==2.60.0"), needs=("pydantic",),
-                 imports=("ray", "jsonschema", "tensorboardX")),
-}
 
 
 class BundleError(Exception):
@@ -104,81 +46,14 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def resolve_groups(names: Iterable[str]) -> list[str]:
-    """The groups asked for plus the groups they need, needs first, each once."""
-    out: list[str] = []
-
-    def add(name: str) -> None:
-        if name not in GROUPS:
-            raise ValueError(f"unknown bundle group {name!r}: choose from {', '.join(GROUPS)}")
-        for need in GROUPS[name].needs:
-            add(need)
-        if name not in out:
-            out.append(name)
-
-    for n in names:
-        if n.strip():
-            add(n.strip())
-    return out
-
-
-def _human(n: int) -> str:
+def human_size(n: int) -> str:
     return f"{n / MiB:.1f} MiB" if n >= MiB else f"{n} bytes"
 
 
 # ------------------------------------------------------------------------------------------------ make
 
-def lsp_files(lsp_root: Path, images: int, stage: Path) -> list[tuple[str, Path]]:
-    """The first `images` LSP images (im0001..) and their joints.mat cut to them (3 x 14 x N), staged as
-    lsp/joints.mat and lsp/images/imNNNN.jpg: real JPEGs, read with data.train_split=all on the GPU image."""
-    import scipy.io  # here only (make), never on the install side
 
-    joints = scipy.io.loadmat(lsp_root / "joints.mat")["joints"]
-    if joints.shape[:2] != (3, 14):
-        raise BundleError(f"{lsp_root}/joints.mat: expected the 3 x 14 x N LSP layout, got {joints.shape}")
-    if not 1 <= images <= joints.shape[2]:
-        raise BundleError(f"--images {images}: {lsp_root}/joints.mat has {joints.shape[2]} people")
-    (stage / "lsp").mkdir(parents=True, exist_ok=True)
-    scipy.io.savemat(stage / "lsp" / "joints.mat", {"joints": joints[:, :, :images]})
-    files = [("lsp/joints.mat", stage / "lsp" / "joints.mat")]
-    for i in range(1, images + 1):
-        src = lsp_root / "images" / f"im{i:04d}.jpg"
-        if not src.is_file():
-            raise BundleError(f"{src}: LSP image not found")
-        files.append((f"lsp/images/im{i:04d}.jpg", src))
-    return files
-
-
-def _wheel_in(cache: Path, requirement: str) -> Path | None:
-    name, _, version = requirement.partition("==")
-    norm = re.sub(r"[-_.]+", "_", name).lower()
-    for p in sorted(cache.glob("*.whl")):
-        dist, ver = p.name.split("-")[:2]
-        if re.sub(r"[-_.]+", "_", dist).lower() == norm and ver == version:
-            return p
-    return None
-
-
-def fetch_wheels(requirements: Iterable[str], cache: Path, sdist: bool = False) -> list[Path]:
-    """Each pinned requirement's wheel in `cache`, downloaded (or built from its sdist) when absent."""
-    cache.mkdir(parents=True, exist_ok=True)
-    out = []
-    for req in requirements:
-        if (whl := _wheel_in(cache, req)) is None:
-            if sdist:  # a pure-Python wheel built with this interpreter's torch (DeepSpeed: DS_BUILD_OPS=0)
-                cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                       "-w", str(cache), req]
-            else:
-                cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                       "--python-version", "3.12", "--implementation", "cp",
-                       *[a for p in PLATFORMS for a in ("--platform", p)], "-d", str(cache), req]
-            print(f"bundle: {' '.join(cmd[2:5])} {req}", file=sys.stderr)
-            subprocess.run(cmd, check=True, env={**os.environ, "DS_BUILD_OPS": "0"})
-            if (whl := _wheel_in(cache, req)) is None:
-                raise BundleError(f"{req}: pip gave no wheel named for it in {cache}")
-        out.append(whl)
-    return out
-
+# ------------------------------------------------------------------------------------------------ pack
 
 def pack(files: list[tuple[str, Path]], parts_dir: Path, part_size: int, install_order: list[str],
          groups: list[str], imports: list[str]) -> dict:
@@ -232,26 +107,6 @@ def pack(files: list[tuple[str, Path]], parts_dir: Path, part_size: int, install
     os.replace(tmp, parts_dir / MANIFEST)
     return manifest
 
-
-def make(groups: list[str], out_dir: Path, part_size: int, images: int, lsp_root: Path, cache: Path) -> dict:
-    groups = resolve_groups(groups)
-    stage = Path(tempfile.mkdtemp(prefix="satpose-bundle-"))
-    try:
-        files: list[tuple[str, Path]] = []
-        if "lsp" in groups:
-            files += lsp_files(lsp_root, images, stage)
-        wheels: list[Path] = []
-        for g in groups:
-            wheels += fetch_wheels(GROUPS[g].wheels, cache)
-            wheels += fetch_wheels(GROUPS[g].sdists, cache, sdist=True)
-        files += [(f"wheels/{w.name}", w) for w in wheels]
-        imports = [m for g in groups for m in GROUPS[g].imports]
-        return pack(files, out_dir / "parts", part_size, [f"wheels/{w.name}" for w in wheels], groups, imports)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
-# ------------------------------------------------------------------------------------------------ verify
 
 def read_manifest(parts_dir: Path) -> dict:
     path = parts_dir / MANIFEST
@@ -389,7 +244,7 @@ def install(bundle_dir: Path, site: Path | None = None) -> Path:
     else:
         written = reassemble(parts_dir, manifest, bundle_dir)
         print(f"bundle {manifest['bundle']}: {manifest['part_count']} parts verified, {len(written)} files "
-              f"({_human(manifest['total_size'])}) reassembled under {bundle_dir}, every sha256 checked")
+              f"({human_size(manifest['total_size'])}) reassembled under {bundle_dir}, every sha256 checked")
         wheels = [str(bundle_dir / w) for w in manifest["install_order"]]
         if wheels:
             shutil.rmtree(site, ignore_errors=True)
@@ -414,46 +269,3 @@ def install(bundle_dir: Path, site: Path | None = None) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m harness.bundle", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    mk = sub.add_parser("make", help="stage, download and split a bundle into DIR/parts")
-    mk.add_argument("--with", dest="groups", default="lsp,pydantic",
-                    help=f"comma-separated groups: {','.join(GROUPS)} (default lsp,pydantic)")
-    mk.add_argument("--part-size", default=str(DEFAULT_PART_SIZE), help="largest part, e.g. 60M (default 60 MiB)")
-    mk.add_argument("--images", type=int, default=320, help="LSP images in the lsp group (default 320)")
-    mk.add_argument("--lsp", type=Path, default=Path(os.environ.get("SATPOSE_DATASETS", "../shared/datasets")) / "lsp")
-    mk.add_argument("--cache", type=Path, help="where wheels are downloaded and kept (default DIR/cache)")
-    for s in (mk, sub.add_parser("verify", help="check every part against the manifest"),
-              ins := sub.add_parser("install", help="verify, reassemble, pip install --no-index --target")):
-        s.add_argument("--dir", type=Path, default=Path(".gpu"), help="the bundle folder (parts in DIR/parts)")
-    ins.add_argument("--site", type=Path, help="pip's --target (default DIR/site)")
-    args = p.parse_args(argv)
-    try:
-        if args.command == "make":
-            m = make(args.groups.split(","), args.dir, parse_size(args.part_size), args.images, args.lsp,
-                     args.cache or args.dir / "cache")
-            print(f"bundle {m['bundle']}: groups {', '.join(m['groups'])}; {len(m['files'])} files, "
-                  f"{_human(m['total_size'])} in {m['part_count']} parts of at most {_human(m['part_size'])}:")
-            for part in m["parts"]:
-                print(f"  {args.dir / 'parts' / part['name']}  {_human(part['size'])}")
-            print(f"  {args.dir / 'parts' / MANIFEST}  (send with every part)")
-        elif args.command == "verify":
-            m = verify(args.dir / "parts")
-            print(f"bundle {m['bundle']}: all {m['part_count']} parts present and their sha256 match "
-                  f"({_human(m['total_size'])}, groups {', '.join(m['groups'])})")
-        else:
-            site = install(args.dir, args.site)
-            print(f"PYTHONPATH={site.resolve()}")
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (BundleError, OSError, subprocess.CalledProcessError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
