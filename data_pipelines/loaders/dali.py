@@ -75,7 +75,8 @@ def build_pipeline(source: DaliSampleSource, batch_size: int, input_size: int, d
     missing), or "dali", DALI's own CPU fn.warp_affine (3-4x slower); both give the same crops.
     decoder_options: extra arguments of fn.decoders.image, e.g. the mixed decoder's `hw_decoder_load` (the
     share of images sent to the hardware JPEG decoder where the GPU has one; DALI's default 0.65) or
-    `preallocate_width_hint` / `preallocate_height_hint`."""
+    `preallocate_width_hint` / `preallocate_height_hint`; they override the defaults above (e.g.
+    jpeg_fancy_upsampling=False: the mixed backend's own chroma upsampling, no longer the CPU decoder's)."""
     from nvidia.dali import fn, pipeline_def, types
 
     if cpu_warp not in ("numba", "dali"):
@@ -95,8 +96,9 @@ def build_pipeline(source: DaliSampleSource, batch_size: int, input_size: int, d
                   py_num_workers=py_workers, py_start_method="spawn" if gpu else "fork")
     def pipeline():
         outs = fn.external_source(source=source, num_outputs=len(OUTPUTS), batch=False, parallel=True)
-        image = fn.decoders.image(outs[0], device="mixed" if gpu else "cpu", output_type=types.RGB,
-                                  adjust_orientation=False, jpeg_fancy_upsampling=True, **(decoder_options or {}))
+        decode = dict(device="mixed" if gpu else "cpu", output_type=types.RGB, adjust_orientation=False,
+                      jpeg_fancy_upsampling=True)
+        image = fn.decoders.image(outs[0], **{**decode, **(decoder_options or {})})
         if numba_warp is not None:
             crop = numba_warp(image, outs[1])
         else:
