@@ -5,26 +5,31 @@
 # 2026-11-27 the compiled 4-stack G + D step did not finish compiling within 215 s; on a short lease use
 # --budget, --only groups and --variants "reference fast_eager".
 #
-#   bash scripts/make_gpu_bundle.sh        # here, once: .gpu/ (LSP subset + offline wheels), carried along
-#   bash scripts/gpu_check.sh [--out DIR]  # there (default out: docs/benchmarks)
+#   bash scripts/make_gpu_bundle.sh --with lsp,pydantic,dali,deepspeed,ray   # here, once: .gpu/parts/ (parts of
+#                                          # at most 60 MiB + manifest.json), sent one part per transfer
+#   bash scripts/gpu_check.sh [--out DIR]  # there (default out: docs/benchmarks); installs the parts first
+#                                          # (python3 -m harness.bundle install: verify, reassemble, pip --no-index)
 #   bash scripts/gpu_check.sh --dry        # no GPU (or asked): the same steps on the CPU at tiny sizes (CI);
 #                                          # its reports go to a temporary folder unless --out is given
 #   --budget SECONDS                       # stop starting steps when the time is spent: later steps are listed as
 #                                          # SKIP (a lease of a few minutes); each step's own limit shrinks to fit
 #   --logs DIR                             # where each step's log goes (default /tmp)
-#   --only "GROUP ..."                     # run only these groups (default all): checks kernels e2e train infer
-#                                          # data loader compile
+#   --only "GROUP ..."                     # run only these groups (default all): checks dali deepspeed ray
+#                                          # kernels e2e train infer data loader compile
 #   --variants "A B"                       # the train and infer suites' variants (default "reference fast"; on a
 #                                          # short lease "reference fast_eager" leaves inductor's compile out)
 #
-# Order (most wanted first, for a short --budget): step checks, an end-to-end `harness train` (two checkpoints,
-# a resume, eval with flip) on real images, the train suite, the Triton kernel tests and timings, the infer and
-# data suites, the inductor compile check.
+# Order (most wanted first, for a short --budget): step checks; DALI's GPU pipeline (img/s, parity, bad files),
+# DeepSpeed ZeRO-0/1 against the plain step, a tiny Ray Tune sweep on the GPU (none of these three has run on a
+# GPU yet); an end-to-end `harness train` (two checkpoints, a resume, eval with flip) on real images, the train
+# suite, the Triton kernel tests and timings, the infer and data suites, loader-fed vs resident steps (torch
+# loader and DALI), the inductor compile check.
 #
 # Needs only python3 with torch (+ triton on a GPU) and the repository; installs nothing from the network.
-# Runtime imports the harness needs that the image lacks (pydantic on a bare torch image) are installed from
-# .gpu/wheels into a temporary folder; anything still missing is named and the script stops. Optional
-# packages (DALI, DeepSpeed, Ray, prometheus-client) are not needed: their checks are listed as skipped.
+# Runtime imports the harness needs that the image lacks (pydantic on a bare torch image) come from the offline
+# bundle: .gpu/parts/ (verified, reassembled and installed into .gpu/site, docs/offline-bundle.md) or an older
+# .gpu/wheels; anything still missing is named and the script stops. Optional packages (DALI, DeepSpeed, Ray,
+# prometheus-client) are not needed: without them their checks are listed as skipped.
 # Exit code: the number of failed checks (0 = all passed).
 set -uo pipefail
 shopt -s lastpipe  # `... | count` runs count in this shell, so its FAIL tally survives
@@ -73,6 +78,20 @@ count() {  # the PASS/FAIL/SKIP lines of a python step, counted here too
 }
 
 # -- dependencies -----------------------------------------------------------------------------------------
+if [ -f .gpu/parts/manifest.json ]; then  # the offline bundle's parts: verify, reassemble, install (harness/bundle/)
+  "$PY" -m harness.bundle install --dir .gpu > "$LOGS/gpu_check_bundle.log" 2>&1
+  rc=$?
+  SITE_LINE=$(tail -1 "$LOGS/gpu_check_bundle.log")
+  if [ "$rc" = 0 ] && [[ "$SITE_LINE" == PYTHONPATH=* ]]; then
+    export PYTHONPATH="$PYTHONPATH:${SITE_LINE#PYTHONPATH=}"
+    # libnvjpeg.so.13 of nvidia-nvjpeg (the image has none) for nvImageCodec's dlopen, wherever it looks
+    NVJPEG_LIB="${SITE_LINE#PYTHONPATH=}/nvidia/cu13/lib"
+    [ -d "$NVJPEG_LIB" ] && export LD_LIBRARY_PATH="$NVJPEG_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    say PASS bundle "$(head -2 "$LOGS/gpu_check_bundle.log" | tr '\n' ' ')"
+  else
+    say FAIL bundle "exit $rc: $(grep -v '^PYTHONPATH=' "$LOGS/gpu_check_bundle.log" | tr '\n' ' ' | cut -c1-1500)"
+  fi
+fi
 if ! "$PY" -c "import pydantic" 2>/dev/null && ls .gpu/wheels/*.whl >/dev/null 2>&1; then
   SITE=$(mktemp -d)
   "$PY" -m pip install -q --no-index --no-deps --target "$SITE" .gpu/wheels/*.whl && export PYTHONPATH="$PYTHONPATH:$SITE"
@@ -130,17 +149,46 @@ else
 fi
 fi
 
-# -- DALI's GPU pipeline (mixed decode, GPU warp) against the torch backend, where DALI is installed -----------
-if [ "$DRY" = 1 ]; then
-  say SKIP "DALI GPU path" "CPU: CI runs tests/test_dali.py in DALI's CPU mode"
-elif ! "$PY" -c "import pytest, nvidia.dali" 2>/dev/null; then
-  say SKIP "DALI GPU path" "DALI not installed (bash scripts/setup.sh dali): its GPU decode + warp rate is not measured"
-elif due "DALI GPU path" 120; then
-  if SATPOSE_KEEP_GPUS=1 timeout "$T" "$PY" -m pytest tests/test_dali.py -k gpu_path -q \
-      -p no:cacheprovider -rs > $LOGS/gpu_check_dali.log 2>&1 && ! grep -q "SKIPPED" $LOGS/gpu_check_dali.log; then
-    say PASS "DALI GPU path" "$(tail -1 $LOGS/gpu_check_dali.log)"
-  else
-    say FAIL "DALI GPU path" "$(tail -1 $LOGS/gpu_check_dali.log); log: $LOGS/gpu_check_dali.log"
+# -- DALI's GPU pipeline (mixed decode, GPU warp): img/s on LSP and 1280x720 JPEGs at three hw_decoder_load
+# settings, parity with the torch backend, bad files (harness/bench/gpucheck_dali.py; dry: DALI's CPU mode) ------
+want dali && checked "dali checks" 360 "$PY" -m harness.bench.gpucheck_dali $DRYFLAG --out "$OUT"
+# -- DeepSpeed, one rank: ZeRO-0/1 x bf16/fp16 against the plain step (dry: gloo, bf16) -------------------------
+want deepspeed && checked "deepspeed checks" 240 "$PY" -m harness.bench.gpucheck_deepspeed $DRYFLAG
+# -- Ray Tune: the 4-point tiny grid, one seed, each trial on a whole GPU (one GPU: Ray runs them one after
+# another; dry: CPU trials), Ray's token authentication on (sweeps/runner.py), the sweep report written --------
+if want ray; then
+  if ! "$PY" -c "import ray.tune" 2>/dev/null; then
+    say SKIP "ray sweep" "Ray Tune not installed (the offline bundle's ray group, docs/offline-bundle.md)"
+  elif due "ray sweep" 300; then
+    SWEEP_DIR=$(mktemp -d -t gpu_check_sweep.XXXX)
+    if [ "$DRY" = 1 ]; then
+      GPT=0; SWEEP=(train.max_steps=8 train.val_every=4 train.log_every=4 train.batch_size=4 model.features=16
+                    data.synthetic_train_size=32 data.synthetic_val_size=8)
+    else
+      GPT=1; SWEEP=(train.max_steps=200 train.val_every=100 train.log_every=50)
+    fi
+    t0=$SECONDS
+    timeout "$T" "$PY" -m harness sweep --preset sat-fig10-tiny --seeds 1 --gpus-per-trial "$GPT" --cpus-per-trial 1 \
+      --storage "$SWEEP_DIR" --name gpu-check "${SWEEP[@]}" > "$LOGS/gpu_check_sweep.log" 2>&1
+    "$PY" - "$SWEEP_DIR/gpu-check" "$?" "$GPT" "$((SECONDS - t0))" "$LOGS/gpu_check_sweep.log" <<'EOF2' | count
+import json, stat, sys
+from pathlib import Path
+exp, rc, gpus, secs, log = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+runs = json.loads((exp / "sweep.json").read_text())["runs"] if (exp / "sweep.json").is_file() else []
+done = {r: json.loads((exp / r / "summary.json").read_text()) for r in runs if (exp / r / "summary.json").is_file()}
+token = exp / "ray_auth_token"
+devices = sorted({s["device"] for s in done.values()})
+checks = {"exit 0": rc == 0, "every trial finished": bool(runs) and len(done) == len(runs),
+          f"trained on {'cuda' if gpus else 'cpu'}": bool(devices) and all(d.startswith("cuda" if gpus else "cpu")
+                                                                          for d in devices),
+          "token file 0600": token.is_file() and stat.S_IMODE(token.stat().st_mode) == 0o600,
+          "report.json written": (exp / "report.json").is_file()}
+bad = [k for k, v in checks.items() if not v]
+scores = ", ".join(f"{r} {s['metric']} {s['value']:.1f}" for r, s in done.items())
+print(f"{'FAIL' if bad else 'PASS'} ray sweep: {len(done)}/{len(runs)} trials (gpus_per_trial={gpus}) on "
+      f"{', '.join(devices) or 'nothing'} in {secs} s, held-out {scores}; token auth, report {exp / 'report.md'}"
+      + (f"; NOT: {', '.join(bad)} (log: {log})" if bad else ""))
+EOF2
   fi
 fi
 
@@ -276,11 +324,37 @@ else
 fi
 # -- the gap between loader-fed and resident training (the e2e run's 100-118 img/s against 227 resident, batch
 # 32, 2026-11-26): the same eager fast step fed both ways, enough steps that warm-up does not dominate ----------
+# DALI (data.backend=dali: GPU decode + warp; dry: its CPU mode) feeds the same step as a third row
 if want loader; then
-  for input in resident loader; do
-    bench "train_$input" 150 train --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" "${E2E[@]}" --input "$input" \
-      --variants fast_eager "${LOADER_RUN[@]}" --label "sat-4s-1s-$input$( [ "$DRY" = 1 ] && echo -dry )"
+  for input in resident loader dali; do
+    extra=()
+    if [ "$input" = dali ]; then
+      "$PY" -c "import nvidia.dali" 2>/dev/null || { say SKIP "bench train_dali" "DALI not installed"; continue; }
+      extra=(data.backend=dali)
+    fi
+    bench "train_$input" 150 train --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" "${E2E[@]}" "${extra[@]}" \
+      --input "${input/dali/loader}" --variants fast_eager "${LOADER_RUN[@]}" \
+      --label "sat-4s-1s-$input$( [ "$DRY" = 1 ] && echo -dry )"
   done
+  # the three in one line: each loader-fed rate against the resident one (issue 23: DALI-fed >= 0.97x on a GPU)
+  "$PY" - "$DRY" "$(getconf _NPROCESSORS_ONLN)" $(for i in resident loader dali; do grep -o "^wrote .*_sat-4s-1s-$i[-a-z]*\.json" \
+      "$LOGS/gpu_check_train_$i.log" 2>/dev/null | sed 's/^wrote //' || echo -; done) <<'EOF2' | count
+import json, sys
+dry, cores, paths = sys.argv[1] == "1", sys.argv[2], dict(zip(("resident", "loader", "dali"), sys.argv[3:6]))
+rows = {k: json.load(open(p))["rows"][0] for k, p in paths.items() if p and p != "-"}
+if "resident" in rows and len(rows) > 1:
+    res = rows["resident"]["value"]
+    def fed(k):
+        r = rows[k]
+        return (f"{k} {r['value']:.1f} img/s = {r['value'] / res:.3f}x resident, data wait "
+                f"{100 * (r.get('data_wait_share') or 0):.1f}%")
+    workers = json.load(open(paths["loader"]))["config"]["data"]["num_workers"] if "loader" in rows else "?"
+    ok = dry or ("dali" in rows and rows["dali"]["value"] >= 0.97 * res)
+    print(f"{'PASS' if ok else 'FAIL'} loader-fed vs resident: resident {res:.1f} img/s; "
+          + "; ".join(fed(k) for k in ("loader", "dali") if k in rows)
+          + f" (torch loader: {workers} workers on {cores} cores; target: DALI-fed >= 0.97x resident"
+          + (", dry: not a measurement)" if dry else ")"))
+EOF2
 fi
 # -- inductor: torch.compile of G (last: its first compile takes the longest), then the compiled training step
 # (G and D) against the eager one, with its compile time (the first warm-up step) ------------------------------

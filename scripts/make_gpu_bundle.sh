@@ -1,49 +1,18 @@
 #!/usr/bin/env bash
-# Make .gpu/, what scripts/gpu_check.sh needs on a bare GPU image beside the repository (git-ignored here
-# through .git/info/exclude; carry it with the repo, e.g. the device tool's `carry: [".gpu"]`):
-#   .gpu/lsp/     the first N LSP images (default 320) renamed im0001.. and their joints.mat (3 x 14 x N):
-#                 real JPEGs for the end-to-end loader, read with data.train_split=all (no ../shared there)
-#   .gpu/wheels/  the runtime dependencies a torch + triton + torchvision image lacks (pydantic and its
-#                 own dependencies), as wheels for CPython 3.12 on manylinux x86_64, installed there offline
-#                 by gpu_check.sh (pip --no-index). pyyaml, rich, scipy, opencv, matplotlib and pillow are on
-#                 this workplace's GPU image (/work/.library/device/KINDS.md); gpu_check.sh names any missing.
-# Usage: bash scripts/make_gpu_bundle.sh [--images N] [--lsp DIR] [--no-wheels]     (about 15 MiB)
+# Make the offline bundle scripts/gpu_check.sh installs on a bare GPU image (or an air-gapped cluster):
+# .gpu/parts/satpose-<id>.NNN-of-MMM.part (each at most --part-size, default 60 MiB: one per transfer) and
+# .gpu/parts/manifest.json (sha256 and size of every file and part). The logic is harness/bundle/; see
+# docs/offline-bundle.md. Groups (--with, comma-separated; default lsp,pydantic):
+#   lsp        the first --images N LSP images (default 320) and their joints.mat, real JPEGs for the GPU checks
+#   pydantic   pydantic and its own deps (the harness's config needs it; the GPU image lacks it)
+#   dali       nvidia-dali-cuda130 2.4.0 + nvImageCodec, nvCOMP, nvJPEG (CUDA 13) and its pure-Python deps
+#   deepspeed  DeepSpeed 0.19.8 (a pure-Python wheel built here from the sdist, DS_BUILD_OPS=0) + hjson
+#   ray        ray[tune] 2.60.0 + jsonschema, referencing, rpds-py, tensorboardX
+# Wheels are for CPython 3.12 on manylinux x86_64, downloaded once into .gpu/cache (--cache DIR).
+# Usage: bash scripts/make_gpu_bundle.sh [--with lsp,pydantic,dali,deepspeed,ray] [--part-size 60M] [--images N]
+#                                        [--lsp DIR] [--cache DIR] [--dir .gpu]
+# There: python3 -m harness.bundle install   (gpu_check.sh does it when .gpu/parts/manifest.json is present)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=320
-LSP=${SATPOSE_DATASETS:-../shared/datasets}/lsp
-WHEELS=1
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --images) N=$2; shift 2 ;;
-    --lsp) LSP=$2; shift 2 ;;
-    --no-wheels) WHEELS=0; shift ;;
-    *) echo "usage: $0 [--images N] [--lsp DIR] [--no-wheels]" >&2; exit 2 ;;
-  esac
-done
-PY=${PYTHON:-.venv/bin/python}
-[ -d .git ] && { grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude; }
-rm -rf .gpu/lsp && mkdir -p .gpu/lsp/images
-"$PY" - "$LSP" "$N" <<'PYEOF'
-import shutil, sys
-from pathlib import Path
-import scipy.io
-src, n = Path(sys.argv[1]), int(sys.argv[2])
-joints = scipy.io.loadmat(src / "joints.mat")["joints"]
-if joints.shape[:2] != (3, 14):
-    sys.exit(f"{src}/joints.mat: expected the 3 x 14 x N LSP layout, got {joints.shape}")
-scipy.io.savemat(".gpu/lsp/joints.mat", {"joints": joints[:, :, :n]})
-for i in range(1, n + 1):
-    shutil.copyfile(src / "images" / f"im{i:04d}.jpg", f".gpu/lsp/images/im{i:04d}.jpg")
-print(f".gpu/lsp: {n} images and joints.mat from {src}")
-PYEOF
-if [ "$WHEELS" = 1 ]; then
-  rm -rf .gpu/wheels && mkdir -p .gpu/wheels
-  for pkg in pydantic pydantic-core annotated-types typing-inspection; do
-    ver=$("$PY" -c "from importlib.metadata import version; print(version('$pkg'))")
-    "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-      --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .gpu/wheels "$pkg==$ver"
-  done
-  echo ".gpu/wheels: $(ls .gpu/wheels | tr '\n' ' ')"
-fi
-du -sh .gpu
+PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+exec "$PY" -m harness.bundle make "$@"

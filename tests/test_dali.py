@@ -172,6 +172,14 @@ def test_cpu_mode_warps_with_the_numba_operator_built_once(lsp_train):
         build_pipeline(_FixedSource(png_bytes(asymmetric_image()), np.eye(2, 3)), 1, S, None, 1, 1, "cv2")
 
 
+def test_decoder_options_reach_the_decoder():
+    """decoder_options (the GPU checks' hw_decoder_load) are fn.decoders.image's arguments: an unknown one is
+    DALI's own error naming it."""
+    with pytest.raises(Exception, match="no_such_decoder_argument"):
+        build_pipeline(_FixedSource(png_bytes(asymmetric_image()), np.eye(2, 3)), 1, S, None, 1, 1,
+                       decoder_options={"no_such_decoder_argument": 1})
+
+
 # ------------------------------------------------------------------------------------------------ real LSP
 
 def test_real_lsp_equal_to_torch_backend_per_rank_and_resumed(lsp_train):

@@ -69,10 +69,14 @@ def numba_available() -> bool:
 
 
 def build_pipeline(source: DaliSampleSource, batch_size: int, input_size: int, device_id: int | None,
-                   num_threads: int, py_workers: int, cpu_warp: str = "numba"):
+                   num_threads: int, py_workers: int, cpu_warp: str = "numba", decoder_options: dict | None = None):
     """The DALI pipeline (built) over `source`; device_id None: DALI CPU mode, else mixed decode + GPU warp.
     cpu_warp (CPU mode only): "numba", dali_warp's warp by DALI's Numba operator (fn.warp_affine when Numba is
-    missing), or "dali", DALI's own CPU fn.warp_affine (3-4x slower); both give the same crops."""
+    missing), or "dali", DALI's own CPU fn.warp_affine (3-4x slower); both give the same crops.
+    decoder_options: extra arguments of fn.decoders.image, e.g. the mixed decoder's `hw_decoder_load` (the
+    share of images sent to the hardware JPEG decoder where the GPU has one; DALI's default 0.65) or
+    `preallocate_width_hint` / `preallocate_height_hint`; they override the defaults above (e.g.
+    jpeg_fancy_upsampling=False: the mixed backend's own chroma upsampling, no longer the CPU decoder's)."""
     from nvidia.dali import fn, pipeline_def, types
 
     if cpu_warp not in ("numba", "dali"):
@@ -92,8 +96,9 @@ def build_pipeline(source: DaliSampleSource, batch_size: int, input_size: int, d
                   py_num_workers=py_workers, py_start_method="spawn" if gpu else "fork")
     def pipeline():
         outs = fn.external_source(source=source, num_outputs=len(OUTPUTS), batch=False, parallel=True)
-        image = fn.decoders.image(outs[0], device="mixed" if gpu else "cpu", output_type=types.RGB,
-                                  adjust_orientation=False, jpeg_fancy_upsampling=True)
+        decode = dict(device="mixed" if gpu else "cpu", output_type=types.RGB, adjust_orientation=False,
+                      jpeg_fancy_upsampling=True)
+        image = fn.decoders.image(outs[0], **{**decode, **(decoder_options or {})})
         if numba_warp is not None:
             crop = numba_warp(image, outs[1])
         else:
@@ -111,12 +116,13 @@ class DaliLoader(BatchLoader):
 
     device: "cpu" (DALI CPU mode) or a CUDA device, where `image` arrives on that device. num_workers: Python
     workers of the external source (>= 1); num_threads: DALI's operator threads (default num_workers);
-    cpu_warp: build_pipeline's (CPU mode's warp: "numba" or "dali").
+    cpu_warp, decoder_options: build_pipeline's (CPU mode's warp: "numba" or "dali"; fn.decoders.image's extra
+    arguments).
     """
 
     def __init__(self, dataset: PoseDataset, sampler: EpochBatchSampler, device: str | torch.device = "cpu",
                  num_workers: int = 1, num_threads: int | None = None, keep_empty: bool = False,
-                 cpu_warp: str = "numba"):
+                 cpu_warp: str = "numba", decoder_options: dict | None = None):
         super().__init__(sampler, dataset.on_bad_sample, keep_empty)
         self.dataset = dataset
         self.device = torch.device(device)
@@ -125,6 +131,7 @@ class DaliLoader(BatchLoader):
         self.py_workers = max(1, int(num_workers))
         self.num_threads = int(num_threads or self.py_workers)
         self.cpu_warp = cpu_warp
+        self.decoder_options = dict(decoder_options or {})
         self.plan_dtype = plan_dtype(dataset.skeleton.num_joints)
 
     def _pipeline(self, start_batch: int, reference_batches: frozenset[int]):
@@ -132,7 +139,7 @@ class DaliLoader(BatchLoader):
         source = DaliSampleSource(d.records, self.sampler, d.augmentation, d.input_size, d.heatmap_size, d.sigma,
                                   d.skeleton.flip_index, d.image_loader, start_batch, reference_batches)
         return build_pipeline(source, self.sampler.batch_size, d.input_size, self.device_id, self.num_threads,
-                              self.py_workers, self.cpu_warp)
+                              self.py_workers, self.cpu_warp, self.decoder_options)
 
     def host_batches(self) -> Iterator[dict]:
         k, end = self.sampler.start_batch, self.sampler.batches_per_epoch
@@ -187,14 +194,14 @@ def make_dali_loader(dataset: PoseDataset, batch_size: int, seed: int = 0, epoch
                      world_size: int = 1, num_workers: int = 1, shuffle: bool = True, drop_last: bool = False,
                      start_batch: int = 0, persistent_workers: bool = False, keep_empty: bool = False,
                      device: str | torch.device = "cpu", num_threads: int | None = None,
-                     cpu_warp: str = "numba") -> DaliLoader:
+                     cpu_warp: str = "numba", decoder_options: dict | None = None) -> DaliLoader:
     """A DaliLoader for one rank: the same arguments and batches as loaders.cpu.make_loader, plus `device`.
     DALI's Python workers belong to one pipeline, i.e. one pass over the loader, whatever
     `persistent_workers` says (taken so that both backends accept the same arguments)."""
     require_dali()
     sampler = EpochBatchSampler(len(dataset), batch_size, seed, epoch, rank, world_size, shuffle, drop_last,
                                 start_batch)
-    return DaliLoader(dataset, sampler, device, num_workers, num_threads, keep_empty, cpu_warp)
+    return DaliLoader(dataset, sampler, device, num_workers, num_threads, keep_empty, cpu_warp, decoder_options)
 
 
 def images_per_second(loader: BatchLoader, batches: int, warmup: int = 1,
