@@ -14,8 +14,8 @@
 #   --budget SECONDS                       # stop starting steps when the time is spent: later steps are listed as
 #                                          # SKIP (a lease of a few minutes); each step's own limit shrinks to fit
 #   --logs DIR                             # where each step's log goes (default /tmp)
-#   --only "GROUP ..."                     # run only these groups (default all): checks dali deepspeed ray
-#                                          # kernels e2e train infer data loader compile
+#   --only "GROUP ..."                     # run only these groups (default all): checks speed dali deepspeed
+#                                          # ray kernels e2e train infer data loader compile
 #   --variants "A B"                       # the train and infer suites' variants (default "reference fast"; on a
 #                                          # short lease "reference fast_eager" leaves inductor's compile out)
 #
@@ -230,6 +230,53 @@ bench() {  # NAME LIMIT ARGS...: one suite, its report's files listed
     say FAIL "bench $name" "exit $rc (124: its time limit); log: $LOGS/gpu_check_$name.log: $(tail -2 "$LOGS/gpu_check_$name.log" | tr '\n' ' ')"
   fi
 }
+
+# -- issue 22's goals (the first suites: --only "checks speed infer" on a short lease): the compile's cold and warm time (fresh processes), the SAT 4s+1s
+# step at batch 128 and at the paper's 6 per device, eager bf16 against regional inductor and the CUDA-graph step,
+# all in this run; then one GOAL line per goal (informational: a missed goal is not a failed check) ----------------
+if want speed; then
+  if [ "$DRY" = 1 ]; then
+    SPEED=(model.stacks=1 model.features=16 discriminator.features=16 data.input_size=64 data.heatmap_size=16
+           data.num_workers=0 data.synthetic_train_size=16 data.synthetic_val_size=4 train.device=cpu
+           train.compile_backend=aot_eager)
+    SPEED_RUN=(--steps 1 --warmup 1 --repeats 1); B_BIG=2; B_PAPER=2; SIZES=(2)
+    COMPILE_DRY=(adversarial.objective=none)  # CI: the path, at the least cost (tests/test_bench.py times it)
+  else
+    SPEED=(data.num_workers=4 train.device=cuda); SPEED_RUN=(--steps 20 --warmup 5 --repeats 3); B_BIG=128; B_PAPER=6
+    SIZES=("$B_BIG" "$B_PAPER"); COMPILE_DRY=()
+  fi
+  bench compile_step 480 compile --preset lsp-sat-4s data.name=synthetic "${SPEED[@]}" "${COMPILE_DRY[@]}" \
+    train.batch_size="$B_PAPER" --variants "regional:train.compile=true,train.precision=bf16,train.channels_last=true" \
+    --repeats 1 --label "sat-4s-1s$( [ "$DRY" = 1 ] && echo -dry )"
+  for b in "${SIZES[@]}"; do
+    bench "train_b$b" 300 train --preset lsp-sat-4s data.name=synthetic "${SPEED[@]}" train.batch_size="$b" \
+      --input resident --variants fast_eager fast fast_graphs "${SPEED_RUN[@]}" \
+      --label "sat-4s-1s-b$b$( [ "$DRY" = 1 ] && echo -dry )"
+  done
+  "$PY" - "$DRY" "$(for n in compile_step "train_b$B_BIG" "train_b$B_PAPER"; do grep -o '^wrote .*\.json' \
+      "$LOGS/gpu_check_$n.log" 2>/dev/null | sed 's/^wrote //' || echo -; done | tr '\n' ' ')" <<'EOF2'
+import json, sys
+dry, paths = sys.argv[1] == "1", sys.argv[2].split()
+def rows(p):
+    return {r["key"]: r for r in json.load(open(p))["rows"]} if p != "-" else {}
+comp, big, paper = (rows(p) for p in (paths + ["-"] * 3)[:3])
+gpu = "h200" if big and "h200" in json.load(open(paths[1]))["device_slug"] else "h100"
+def goal(name, value, target, better="high", unit=""):
+    if value is None:
+        print(f"GOAL {name}: not measured")
+        return
+    met = value >= target if better == "high" else value <= target
+    print(f"GOAL {name}: {value:.1f}{unit} vs {'>=' if better == 'high' else '<='} {target}{unit}: "
+          f"{'met' if met else 'MISSED'}{' (dry: not a measurement)' if dry else ''}")
+goal("cold compile of the step", (comp.get("regional/cold") or {}).get("value"), 60, "low", " s")
+goal("warm compile of the step", (comp.get("regional/warm") or {}).get("value"), 10, "low", " s")
+best = max((r["value"] or 0 for r in big.values()), default=None)
+goal(f"SAT 4s+1s step, batch >= 128, best variant ({gpu})", best, 1430 if gpu == "h200" else 1000, unit=" img/s")
+eager = (paper.get("fast_eager") or {}).get("value")
+fast6 = max((r["value"] or 0 for k, r in paper.items() if k != "fast_eager"), default=None)
+goal("SAT step at the paper's batch 6, best / eager", fast6 / eager if eager and fast6 else None, 4.0, unit="x")
+EOF2
+fi
 
 # -- end to end: `harness train` (two validations + checkpoints), a resume to more steps, `harness eval` --------
 if want e2e; then

@@ -262,7 +262,7 @@ def test_flops_of_the_sat_step_match_an_independent_count():
 @pytest.mark.slow
 def test_gpu_check_dry_mode(tmp_path):
     proc = subprocess.run(["bash", "scripts/gpu_check.sh", "--dry", "--out", str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=900, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+                          capture_output=True, text=True, timeout=1500, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     out = proc.stdout
     assert proc.returncode == 0, out[-4000:] + proc.stderr[-2000:]
     for name in ("dependencies", "step sat bf16", "step cgan bf16", "step none bf16", "compile (aot_eager)",
@@ -273,8 +273,13 @@ def test_gpu_check_dry_mode(tmp_path):
                  "dali decode+warp LSP JPEGs", "dali decode+warp 320x180 JPEGs", "dali parity on cpu",
                  "dali bad files skipped on cpu", "dali bad file raised on cpu", "deepspeed zero0 bf16",
                  "deepspeed zero1 bf16", "ray sweep: 4/4 trials (gpus_per_trial=0) on cpu", "bench train_dali",
-                 "loader-fed vs resident"):
+                 "loader-fed vs resident",
+                 # issue 22's goals: the compile's cold/warm time, the step at two batch sizes, then GOAL lines
+                 "bench compile_step", "bench train_b2"):
         assert f"PASS {name}" in out or f"PASS [rank 0] {name}" in out, (name, out[-4000:])
     assert "SKIP step sat fp16" in out and "SKIP deepspeed zero0 fp16" in out and " s, 0 failed;" in out
+    for goal in ("cold compile of the step", "warm compile of the step", "SAT 4s+1s step, batch >= 128",
+                 "SAT step at the paper's batch 6"):
+        assert f"GOAL {goal}" in out and f"GOAL {goal}: not measured" not in out, (goal, out[-4000:])
     suites = {p.name.split("_")[1] for p in tmp_path.glob("*.json")}  # + data where .gpu/lsp holds real images
-    assert suites - {"data"} == {"train", "infer", "kernels", "dali"}, suites
+    assert suites - {"data"} == {"train", "infer", "kernels", "dali", "compile"}, suites

@@ -30,6 +30,8 @@ from harness.build import build_models, wrap_models
 from harness.config import Config, config_from_dict
 from harness.data import RunData
 from harness.distributed import Runtime, init_runtime
+from harness.graphed_step import GraphedStep
+from harness.graphed_step import refusal as graph_refusal
 from harness.objectives import build_objective
 from harness.precision import set_numerics
 from harness.sinks import build_sinks
@@ -71,6 +73,14 @@ class VariantRun:
         self.g, self.d = wrap_models(self.cfg, rt, g, d, micro_batch)
         self.objective = build_objective(self.cfg, data.skeleton.torso, rt.device)
         self.sinks = build_sinks(self.cfg, rt.rank, run_dir, interactive=False)
+        self.graphed: GraphedStep | None = None  # train.cuda_graphs: the step as one CUDA graph, as the trainer
+        if self.cfg.train.cuda_graphs:
+            why = graph_refusal(self.cfg, rt)
+            if why is None:
+                self.graphed = GraphedStep(lambda micro: synchronized_step(micro, self.g, self.d, self.objective, rt,
+                                                                           self.cfg.train.precision, True), rt.device)
+            else:
+                v.unavailable.append(f"train.cuda_graphs ({why})")
         self.steps = 0
         self.resident: list[dict] | None = None  # resident mode: this variant's device batches ...
         self.resident_host: list[dict] | None = None  # ... and the host batches they came from
@@ -80,7 +90,10 @@ class VariantRun:
         t, rt = self.cfg.train, self.rt
         t0 = time.perf_counter()
         batches = self.resident or [self.data.to_device(b, rt.device, t.channels_last) for b in micro]
-        synchronized_step(batches, self.g, self.d, self.objective, rt, t.precision)
+        if self.graphed is not None:
+            self.graphed(batches)
+        else:
+            synchronized_step(batches, self.g, self.d, self.objective, rt, t.precision)
         self.steps += 1
         n = sum(int(b["num_samples"]) for b in micro) * rt.world_size
         self.sinks.step(self.steps, {"images": n, "images_rank": n // rt.world_size,

@@ -15,13 +15,15 @@ from harness.config import Config, load_config, parse_override
 
 # The fast path of issue 10 (train.compile / channels_last / fused_optimizer) against fp32 eager NCHW unfused.
 FAST_KEYS = ("train.compile", "train.channels_last", "train.fused_optimizer")
-OPTIONAL_KEYS = (*FAST_KEYS, "train.deterministic")  # may be missing from an older config: "unavailable"
+# may be missing from an older config: "unavailable"
+OPTIONAL_KEYS = (*FAST_KEYS, "train.deterministic", "train.cuda_graphs")
 VARIANTS: dict[str, tuple[str, ...]] = {
     "default": (),
     "reference": ("train.precision=fp32", *(f"{k}=false" for k in FAST_KEYS)),
     "fast": ("train.precision=bf16", *(f"{k}=true" for k in FAST_KEYS)),
     "fast_eager": ("train.precision=bf16", "train.compile=false", "train.channels_last=true",
                    "train.fused_optimizer=true"),  # fast without inductor's compile time
+    "fast_graphs": ("train.precision=bf16", *(f"{k}=true" for k in FAST_KEYS), "train.cuda_graphs=true"),
     "fp32": ("train.precision=fp32",),
     "bf16": ("train.precision=bf16",),
     "fp16": ("train.precision=fp16",),
