@@ -72,7 +72,8 @@ class DiscriminatorConfig(_Strict):
 
 class SATConfig(_Strict):
     """BEGAN-style objective of the SAT paper; defaults from the authors' code."""
-    gamma: float = Field(0.5, gt=0, le=1)
+    gamma: float = Field(0.5, gt=0, description="target ratio L_fake / L_real; above 1 (as the sat-gamma sweep "
+                         "tries) k_t grows while L_fake < gamma L_real")
     lambda_k: float = Field(1e-3, ge=0)
     lambda_g: float = Field(1e-4, ge=0)
     k0: float = Field(0.0, ge=0, le=1)

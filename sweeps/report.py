@@ -132,6 +132,9 @@ def plot(data: dict[str, Any], summary: dict[str, Any], path: Path) -> None:
         ax = axes[1]
         series: dict[str, list[tuple[float, float, float]]] = {}
         for p in names:
+            if p not in preset.axis.x:  # a baseline off the axis (sat-gamma's `none`): a horizontal line
+                ax.axhline(means[names.index(p)], color="grey", ls="--", lw=1, label=p)
+                continue
             label = preset.axis.series.get(p, summary["preset"])
             series.setdefault(label, []).append((preset.axis.x[p], means[names.index(p)], cis[names.index(p)]))
         for label, pts in series.items():
