@@ -140,7 +140,9 @@ class DistributedConfig(_Strict):
 
 
 class TelemetryConfig(_Strict):
-    """Prometheus metrics per rank (harness/sinks/prometheus.py, docs/telemetry.md)."""
+    """Prometheus metrics per rank (harness/sinks/prometheus.py, docs/telemetry.md); TensorBoard event files."""
+    tensorboard: bool = Field(False, description="rank 0 also writes TensorBoard scalars to <run_dir>/tensorboard/ "
+                              "(needs the tensorboard package: the `tensorboard` extra)")
     enabled: bool = False
     port: int = Field(0, ge=0, le=65535, description="base port, + local rank per process; 0: a free port each")
     bind: str = Field("127.0.0.1", min_length=1, description="listen address; beyond loopback other users can "
