@@ -163,7 +163,8 @@ SAT_GAMMA_TINY_OVERRIDES = (
     "train.discriminator.milestones=[]")
 PRESETS["sat-gamma-tiny"] = replace(
     PRESETS["sat-gamma-tiny"], base_overrides=SAT_GAMMA_TINY_OVERRIDES, seeds=3,
-    description=f"{PRESETS['sat-gamma'].description} (tiny: real LSP at 64 px, 300 steps, k_t logged every 5)")
+    description=PRESETS["sat-gamma"].description.replace("4-stack G", "1-stack G")
+    + " (tiny: real LSP at 64 px, 300 steps, k_t logged every 5)")
 
 
 def get_preset(name: str) -> SweepPreset:
