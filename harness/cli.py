@@ -24,6 +24,7 @@ COMMANDS = {
     "predict": "harness.commands.predict",
     "score": "harness.commands.score",
     "model-info": "harness.commands.model_info",
+    "curves": "harness.commands.curves",
     "bench": "harness.commands.bench",
     "sweep": "sweeps.cli",
 }

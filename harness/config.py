@@ -72,7 +72,8 @@ class DiscriminatorConfig(_Strict):
 
 class SATConfig(_Strict):
     """BEGAN-style objective of the SAT paper; defaults from the authors' code."""
-    gamma: float = Field(0.5, gt=0, le=1)
+    gamma: float = Field(0.5, gt=0, description="target ratio L_fake / L_real; above 1 (as the sat-gamma sweep "
+                         "tries) k_t grows while L_fake < gamma L_real")
     lambda_k: float = Field(1e-3, ge=0)
     lambda_g: float = Field(1e-4, ge=0)
     k0: float = Field(0.0, ge=0, le=1)
@@ -144,7 +145,9 @@ class DistributedConfig(_Strict):
 
 
 class TelemetryConfig(_Strict):
-    """Prometheus metrics per rank (harness/sinks/prometheus.py, docs/telemetry.md)."""
+    """Prometheus metrics per rank (harness/sinks/prometheus.py, docs/telemetry.md); TensorBoard event files."""
+    tensorboard: bool = Field(False, description="rank 0 also writes TensorBoard scalars to <run_dir>/tensorboard/ "
+                              "(needs the tensorboard package: the `tensorboard` extra)")
     enabled: bool = False
     port: int = Field(0, ge=0, le=65535, description="base port, + local rank per process; 0: a free port each")
     bind: str = Field("127.0.0.1", min_length=1, description="listen address; beyond loopback other users can "

@@ -3,7 +3,7 @@
 # Extra arguments go to pytest, e.g. scripts/test.sh -k metrics -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh dev,deepspeed,tune,dali
+bash scripts/setup.sh dev,deepspeed,tune,dali,tensorboard
 .venv/bin/ruff check .
 # Several test processes (torchrun workers, DataLoader workers) share 2 cores: sleeping OpenMP threads
 # instead of spinning ones keep an oversubscribed box from collapsing to a crawl.

@@ -52,6 +52,18 @@ CGAN = ("adversarial.objective=cgan",)
 ALPHAS = {"1/270": 1 / 270, "1/200": 1 / 200, "1/110": 1 / 110}
 DELTAS = [0.003, 0.01, 0.03, 0.1, 0.8]
 STACKS = [1, 2, 4, 8]
+# The k_t question (issue 24): SAT's gamma x lambda_k with k_0 = 0, against the plain hourglass.
+GAMMAS = [0.5, 1.0, 2.0]
+LAMBDA_KS = [1e-3, 1e-2]
+
+
+def _sat_point(gamma: float, lambda_k: float) -> str:
+    return f"sat-g{gamma:g}-lk{lambda_k:g}"
+
+
+SAT_GAMMA_POINTS = {"none": NONE, **{
+    _sat_point(g, lk): (*SAT, f"adversarial.sat.gamma={g}", f"adversarial.sat.lambda_k={lk}", "adversarial.sat.k0=0")
+    for lk in LAMBDA_KS for g in GAMMAS}}
 # "8-stack baseline vs 4-stack + D, lr x0.1 at epoch 60" (SAT Fig. 11): one lr drop for both.
 LR60 = ("train.generator.milestones=[60]", "train.generator.milestone_unit=epoch")
 
@@ -105,6 +117,15 @@ PRESETS: dict[str, SweepPreset] = {p.name: p for p in [
                   {f"g{s}-{v}": v for s in STACKS for v in ("none", "sat")}),
         paper="SAT Fig. 11 and Table 6.1 together: the adversary helps small generators most; the "
               "thesis finds it hurts the 2-stack G on MPII (-0.5) and helps the 4-stack G (+0.4)."),
+    SweepPreset(
+        "sat-gamma", "The k_t question: SAT with gamma in {0.5, 1, 2} x lambda_k in {1e-3, 1e-2} (k_0 = 0) "
+        "vs the plain hourglass, 4-stack G", "lsp-sat-4s", SAT_GAMMA_POINTS,
+        comparisons=tuple((p, "none") for p in SAT_GAMMA_POINTS if p != "none"),
+        axis=Axis("gamma", {_sat_point(g, lk): g for g in GAMMAS for lk in LAMBDA_KS},
+                  {_sat_point(g, lk): f"lambda_k={lk:g}" for g in GAMMAS for lk in LAMBDA_KS}),
+        paper="SAT (Chou et al.) trains with gamma = 0.5, lambda_k = 1e-3, k_0 = 0 (the authors' code) and "
+              "reports no ablation of either; BEGAN (Berthelot et al.) uses lambda_k = 1e-3 and gamma in "
+              "[0.3, 0.7]. The question here is whether k_t leaves 0 at all, and when."),
 ]}
 
 # Tiny twins: the same base recipe and points on synthetic 64 px people (no flip, sigma-2 targets, as in
@@ -126,6 +147,24 @@ for _p in list(PRESETS.values()):
     PRESETS[f"{_p.name}-tiny"] = replace(
         _p, name=f"{_p.name}-tiny", base_overrides=TINY_OVERRIDES, seeds=TINY_SEEDS,
         description=f"{_p.description} (tiny: synthetic 64 px, 1000 steps)")
+
+
+# sat-gamma's tiny twin runs real LSP (the question is about real heatmaps), small enough for its 21 trials
+# (7 points x 3 seeds) to run one at a time on one core of the shared 2-core machine in ~25 minutes: 64 px
+# crops of LSP's 1000 training images, 16 px heatmaps, a 1-stack 32-feature G and 16-feature D, batch 8,
+# validated every 100 steps on the first 200 test images, no flip test. `train.log_every=5` logs k_t,
+# L_real and L_fake every 5 steps: the step where k_t first leaves 0 is known to 5 steps.
+SAT_GAMMA_TINY_OVERRIDES = (
+    "data.name=lsp", "data.root=../shared/datasets/lsp", "data.input_size=64", "data.heatmap_size=16",
+    "data.sigma=2.0", "data.max_val_samples=200", "data.num_workers=0",
+    "model.stacks=1", "model.features=32", "discriminator.features=16",
+    "train.batch_size=8", "train.max_steps=300", "train.val_every=100", "train.log_every=5", "train.threads=1",
+    "train.generator.lr=1e-3", "train.flip_test=false", "train.generator.milestones=[]",
+    "train.discriminator.milestones=[]")
+PRESETS["sat-gamma-tiny"] = replace(
+    PRESETS["sat-gamma-tiny"], base_overrides=SAT_GAMMA_TINY_OVERRIDES, seeds=3,
+    description=PRESETS["sat-gamma"].description.replace("4-stack G", "1-stack G")
+    + " (tiny: real LSP at 64 px, 300 steps, k_t logged every 5)")
 
 
 def get_preset(name: str) -> SweepPreset:

@@ -45,3 +45,16 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> Estimate | No
     """Estimate of a - b over the seeds both have (seed -> value maps); None when they share none."""
     seeds = sorted(set(a) & set(b))
     return estimate([a[s] - b[s] for s in seeds]) if seeds else None
+
+
+def min_detectable_difference(std: float | None, n: int, alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """The smallest true paired difference a two-sided paired t-test on n seeds (level `alpha`) finds with
+    probability `power`, given the paired differences' sample standard deviation `std`:
+
+        MDD = (t(1 - alpha/2, n-1) + t(power, n-1)) * std / sqrt(n)
+
+    (the usual normal-approximation formula with Student t quantiles for z; it ignores the noncentral t's
+    skew, a small underestimate at n = 3). None with fewer than 2 seeds."""
+    if std is None or n < 2:
+        return None
+    return (float(stats.t.ppf(1 - alpha / 2, n - 1)) + float(stats.t.ppf(power, n - 1))) * std / math.sqrt(n)

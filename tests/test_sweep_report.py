@@ -9,9 +9,10 @@ import math
 import pytest
 
 from data_pipelines.errors import UserError
+from sweeps.balance import k_first_positive, ratio_windows
 from sweeps.presets import PRESETS, get_preset
 from sweeps.report import write_report
-from sweeps.stats import estimate, paired_difference
+from sweeps.stats import estimate, min_detectable_difference, paired_difference
 from sweeps.trial import STOPPED_EARLY, TrialSpec, trial_config
 
 # Student t quantiles t(0.975, df) from a printed table (NIST/SEMATECH e-Handbook, Table 1.3.6.7.2)
@@ -26,12 +27,16 @@ def _spec(name: str, overrides=(), gpus: int = 0) -> TrialSpec:
 def test_every_point_is_a_valid_config(name):
     preset = PRESETS[name]
     assert preset.points and all(a in preset.points and b in preset.points for a, b in preset.comparisons)
-    if preset.axis:
-        assert set(preset.axis.x) == set(preset.points)
+    if preset.axis:  # every point on the axis but the baselines the comparisons hold up against
+        off_axis = set(preset.points) - set(preset.axis.x)
+        assert set(preset.axis.x) <= set(preset.points) and off_axis <= {b for _, b in preset.comparisons}
     for point in preset.points:
         cfg = trial_config(_spec(name), point, seed=1)
         assert cfg.train.seed == 1 and cfg.train.device == "cpu"
-        if name.endswith("-tiny"):
+        if name == "sat-gamma-tiny":  # real LSP (the k_t question is about real heatmaps), k_t logged often
+            assert cfg.data.name == "lsp" and cfg.data.root.is_absolute() and cfg.train.log_every <= 5
+            assert cfg.train.max_steps <= 400 and cfg.data.input_size <= 96 and cfg.model.stacks == 1
+        elif name.endswith("-tiny"):
             assert cfg.data.name == "synthetic" and cfg.train.max_steps <= 1000 and cfg.data.input_size <= 128
         elif cfg.data.root is not None:
             assert cfg.data.root.is_absolute() and str(cfg.data.root).startswith("/work")  # Tune chdirs
@@ -78,6 +83,41 @@ def test_estimate_against_hand_computation():
     assert paired_difference({0: 1.0}, {1: 1.0}) is None
 
 
+# t(0.80, df) from the same table (its 0.20 upper-tail column)
+T80 = {2: 1.061}
+
+
+def test_sat_gamma_grid():
+    preset = get_preset("sat-gamma-tiny")
+    assert preset.seeds >= 3 and len(preset.points) == 7
+    got = set()
+    for point in preset.points:
+        sat = trial_config(_spec("sat-gamma-tiny"), point, 0).adversarial
+        if point == "none":
+            assert sat.objective == "none"
+            continue
+        assert sat.objective == "sat" and sat.sat.k0 == 0.0
+        got.add((sat.sat.gamma, sat.sat.lambda_k))
+    assert got == {(g, lk) for g in (0.5, 1.0, 2.0) for lk in (1e-3, 1e-2)}
+    assert {b for _, b in preset.comparisons} == {"none"} and len(preset.comparisons) == 6
+
+
+def test_min_detectable_difference_against_hand_computation():
+    # paired differences 1, 3, 2 over 3 seeds: s_d = 1; MDD = (4.303 + 1.061) * 1 / sqrt(3) = 3.097
+    assert min_detectable_difference(1.0, 3) == pytest.approx((T975[2] + T80[2]) / math.sqrt(3), rel=1e-3)
+    assert min_detectable_difference(1.0, 3) == pytest.approx(3.097, abs=2e-3)
+    assert min_detectable_difference(2.5, 3) == pytest.approx(2.5 * 3.097, rel=1e-3)  # linear in s_d
+    assert min_detectable_difference(None, 1) is None and min_detectable_difference(1.0, 1) is None
+
+
+def test_k_first_positive_and_ratio_windows():
+    assert k_first_positive([1, 5, 10, 15], [0.0, 0.0, 0.002, 0.0]) == {"step": 10, "after": 5, "final": 0.0}
+    assert k_first_positive([1, 5], [0.0, 0.0])["step"] is None
+    assert k_first_positive([1, 5], [0.1, 0.2])["after"] == 0
+    fake, real = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [2.0] * 10  # ratios 0.5 .. 5, windows of 2 rows
+    assert ratio_windows(fake, real) == {"start": 0.75, "middle": pytest.approx(2.75), "end": 4.75}
+
+
 def _fake_sweep(tmp_path, preset: str, scores: dict[str, list[float]]):
     exp = tmp_path / "exp"
     seeds = len(next(iter(scores.values())))
@@ -95,6 +135,9 @@ def _fake_sweep(tmp_path, preset: str, scores: dict[str, list[float]]):
                 continue
             (run / "summary.json").write_text(json.dumps({"metric": "PCK@0.2", "value": value, "steps": 5}))
             rows = [{"kind": "val", "step": k, "value": value * k / 4, "metric": "PCK@0.2"} for k in (2, 4)]
+            if point.startswith("sat-"):  # SAT runs log k_t: it leaves 0 at step 5 * (seed + 2), L_fake = 0.8 L_real
+                rows += [{"kind": "train", "step": st, "k": 0.0 if st < 5 * (seed + 2) else 1e-3, "l_real": 0.5,
+                          "l_fake": 0.4} for st in (1, 5, 10, 15, 20)]
             (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return exp
 
@@ -155,3 +198,23 @@ def test_report_puts_the_thesis_numbers_beside_ours(tmp_path):
     assert comp["g4-cgan"]["paper"] == pytest.approx(0.4) and comp["g2-cgan"]["paper"] == pytest.approx(-0.5)
     md = (exp / "report.md").read_text()
     assert "| `g4-cgan` | 51.00 ± 12.71 | 50.00, 52.00 | 91.3 |" in md and "| +0.4 |" in md
+
+
+def test_report_has_k_t_and_detectable_difference_columns(tmp_path):
+    points = list(get_preset("sat-gamma").points)
+    scores = {p: [50.0 + i, 52.0 + i, 51.0 + 2 * i] for i, p in enumerate(points)}  # diffs vs none: i, i, 2i
+    paths = write_report(_fake_sweep(tmp_path, "sat-gamma-tiny", scores), tmp_path / "out")
+    report = json.loads(paths["json"].read_text())
+    bal = report["points"]["sat-g1-lk0.001"]["balance"]
+    assert bal["k_first_positive_step"] == {"0": 10, "1": 15, "2": 20} and bal["log_every"] == 5
+    assert bal["l_fake_over_l_real_mean"] == {"start": pytest.approx(0.8), "middle": pytest.approx(0.8),
+                                              "end": pytest.approx(0.8)}
+    assert "balance" not in report["points"]["none"]
+    comp = {c["point"]: c for c in report["comparisons"]}
+    i = points.index("sat-g2-lk0.001")  # differences i, i, 2i: s_d = i / sqrt(3)
+    assert comp["sat-g2-lk0.001"]["detectable"] == pytest.approx((T975[2] + T80[2]) * (i / math.sqrt(3)) / math.sqrt(3),
+                                                                 rel=1e-3)
+    md = paths["markdown"].read_text()
+    assert "| `sat-g1-lk0.001` | 10, 15, 20 | 0.001 | 0.8 | 0.8 | 0.8 |" in md
+    assert "k_t logged every 5 steps" in md and "MDD = (t(0.975, n-1) + t(0.80, n-1)) * s_d / sqrt(n)" in md
+    assert f"| {comp['sat-g2-lk0.001']['detectable']:.2f} |" in md

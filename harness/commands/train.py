@@ -22,6 +22,17 @@ def register(sub, name: str) -> None:
     p.set_defaults(func=run)
 
 
+def write_run_curves(run_dir: Path) -> None:
+    """`<run_dir>/curves.png` from the run's metrics.jsonl; a plotting error is a warning, never a lost run."""
+    try:
+        from harness.curves import write_curves
+
+        write_curves({run_dir.name: run_dir}, run_dir / "curves.png")
+    except Exception as exc:  # the run is finished and saved: report, do not fail it
+        print(f"warning: {run_dir / 'curves.png'} not written: {type(exc).__name__}: {exc}", file=sys.stderr,
+              flush=True)
+
+
 def run(args) -> int:
     from harness.trainer import EXIT_PREEMPTED, Preempted, Trainer
 
@@ -40,6 +51,8 @@ def run(args) -> int:
         clean, code = True, EXIT_PREEMPTED  # every rank agreed to stop and the checkpoint is written
     finally:
         trainer.rt.shutdown(clean)
+    if trainer.rt.is_main and clean:
+        write_run_curves(run_dir)
     if summary:
         trainer.sinks.info(f"held-out {summary['metric']} = {summary['value']:.2f}%  "
                          f"(best {summary['best']['value']:.2f}% at step {summary['best']['step']}; "

@@ -1,5 +1,6 @@
 """Where a run's numbers go: the sinks of harness/sinks/base.py, and the one place that decides which rank
-gets which (JSON lines and console on rank 0, Prometheus on every rank when telemetry is enabled)."""
+gets which (JSON lines, console and, when `telemetry.tensorboard` is set, TensorBoard on rank 0; Prometheus on
+every rank when telemetry is enabled)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ def build_sinks(cfg, rank: int, run_dir, interactive: bool | None = None) -> Sin
     sinks: list[Sink] = []
     if rank == 0:
         sinks += [JsonlSink(run_dir), ConsoleSink(cfg.train.max_steps, interactive)]
+        if cfg.telemetry.tensorboard:
+            from harness.sinks.tensorboard import TensorBoardSink
+            sinks.append(TensorBoardSink(run_dir))
     if cfg.telemetry.enabled:  # every rank; needs the process group up (the ranks exchange addresses)
         from harness.sinks.prometheus import PrometheusSink
         sinks.append(PrometheusSink(cfg, rank, run_dir))
