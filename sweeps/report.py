@@ -14,8 +14,8 @@ from typing import Any
 
 from data_pipelines.errors import UserError
 from harness.files import atomic_path, write_json, write_text_atomic
+from harness.stats import estimate, paired_difference
 from sweeps.presets import get_preset
-from sweeps.stats import estimate, paired_difference
 from sweeps.trial import run_name, stopped_early
 
 

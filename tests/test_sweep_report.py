@@ -9,9 +9,9 @@ import math
 import pytest
 
 from data_pipelines.errors import UserError
+from harness.stats import estimate, paired_difference
 from sweeps.presets import PRESETS, get_preset
 from sweeps.report import write_report
-from sweeps.stats import estimate, paired_difference
 from sweeps.trial import STOPPED_EARLY, TrialSpec, trial_config
 
 # Student t quantiles t(0.975, df) from a printed table (NIST/SEMATECH e-Handbook, Table 1.3.6.7.2)
