@@ -117,8 +117,9 @@ def markdown(report: dict) -> str:
              f"`{report['command']}`", "",
              f"- created {report['created']} UTC, schema `{report['schema']}`, commit `{m['git_commit']}`"
              + (" (uncommitted changes)" if m.get("git_dirty") else ""),
-             f"- CPU {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), load average "
-             f"{m['load_avg_1m']:.1f} at the start; GPU {gpu}",
+             f"- CPU {m['cpu']} ({m.get('cpu_capability') or 'ISA not recorded'}), {m['cores']} cores "
+             f"({m['torch_threads']} torch threads), load average {m['load_avg_1m']:.1f} when the report was "
+             f"written; GPU {gpu}",
              f"- torch {m['torch']}, triton {m['triton']}, DALI {m['dali']}, Python {m['python']}",
              f"- settings: {json.dumps(report['settings'])}"]
     if report.get("peak"):

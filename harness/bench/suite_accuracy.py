@@ -18,6 +18,7 @@ is the floor.
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -186,6 +187,7 @@ def run(variants: list[Variant], seeds: int, images: int | None, minutes: float 
     if skipped:
         raise UserError(f"variant(s) {skipped} switch on only keys this config does not have")
     base_seed = variants[0].cfg.train.seed
+    load_start = os.getloadavg()
     t0 = time.perf_counter()
     baseline = mean_pose_baseline(variants[0].cfg)
     baseline_s = time.perf_counter() - t0
@@ -207,6 +209,8 @@ def run(variants: list[Variant], seeds: int, images: int | None, minutes: float 
         f"mean-pose baseline: the mean crop pose of {baseline['train_records']} training records in each test "
         f"crop ({baseline_s:.1f} s); crops of models and baseline alike are placed from the ground-truth joints",
         "paired differences: each variant minus the first, same seed; intervals: Student-t 95% over seeds",
+        "load average (1, 5, 15 min) at the start {:.1f} {:.1f} {:.1f}, at the end {:.1f} {:.1f} {:.1f}".format(
+            *load_start, *os.getloadavg()),
     ]
     return {"rows": rows, "runs": runs, "baseline": baseline,
             "runtime": {"device": runs[0]["device"], "world_size": 1},
