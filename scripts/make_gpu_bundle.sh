@@ -8,7 +8,7 @@
 #                 by gpu_check.sh (pip --no-index). pyyaml, rich, scipy, opencv, matplotlib and pillow are on
 #                 this workplace's GPU image (/work/.library/device/KINDS.md); gpu_check.sh names any missing.
 #   .gpu/lsp-full/ (with --full-lsp) all 2000 LSP images and joints.mat unchanged, for the lsp-tta protocol of
-#                 `gpu_check.sh --only accuracy`; the JPEGs are re-encoded at quality 75 (46 MiB instead of the
+#                 `gpu_check.sh --only accuracy`; the JPEGs are re-encoded at quality 75 (49 MiB instead of the
 #                 shared copy's 81, over the device tool's 64 MiB): pixels differ a little from the originals
 # Usage: bash scripts/make_gpu_bundle.sh [--images N] [--lsp DIR] [--no-wheels] [--full-lsp]
 #        (about 15 MiB; with --full-lsp about 60)
