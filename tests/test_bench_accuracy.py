@@ -119,3 +119,9 @@ def test_bench_accuracy_lsp_tta_tiny_reduced(tmp_path, lsp_root):
     assert rows["none"]["paired_vs_first"]["n"] == 2
     md = next(f for f in files if f.suffix == ".md").read_text()
     assert "mean-pose baseline" in md and "### sat: PCK@0.2 (%) over training" in md
+
+
+@pytest.mark.parametrize("budget", [["--images", "0"], ["--minutes", "-1"], ["--seeds", "0"]])
+def test_bad_budgets_are_one_error_line(budget, capsys):
+    assert main(["bench", "accuracy", "--preset", "lsp-tta-tiny", *budget]) == 2
+    assert "error:" in capsys.readouterr().err
