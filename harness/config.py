@@ -108,6 +108,9 @@ class OptimizerConfig(_Strict):
 class TrainConfig(_Strict):
     batch_size: int = Field(6, ge=1, description="global batch (all ranks, one optimizer step)")
     max_steps: int = Field(1000, ge=1, description="optimizer steps")
+    max_minutes: float | None = Field(
+        None, gt=0, description="also stop once this run's training time (steps and data waits; validation and "
+                                "checkpoints excluded) reaches this many minutes; max_steps still caps it")
     seed: int = 0
     precision: Literal["fp32", "bf16", "fp16", "fp64"] = Field(
         "fp32", description="bf16/fp16: autocast mixed precision (fp16 GPU only); fp64: for numerical checks")

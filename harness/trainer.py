@@ -76,6 +76,7 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.skipped_files: set[str] = set()
         self.images, self.train_time, self.steps_this_run = 0, 0.0, 0
+        self.time_up = False  # train.max_minutes reached (agreed by every rank)
         self._nonfinite_step = torch.full((), -1, dtype=torch.long, device=self.rt.device)
         resumed = ckpt.resolve_resume(resume, self.ckpts, warn=self.sinks.info)
         if resumed is not None:
@@ -142,7 +143,7 @@ class Trainer:
 
     # -- loop --------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        cfg, t = self.cfg, self.cfg.train
+        cfg = self.cfg
         self.preemption.install()
         self.sinks.record("start", {"config": cfg.to_dict(), "world_size": self.rt.world_size,
                                     "rank": self.rt.rank, "device": str(self.rt.device), "resumed_step": self.step,
@@ -153,18 +154,22 @@ class Trainer:
                         f"{self.data.steps_per_epoch} steps/epoch")
         first_step, t_start = self.step, time.time()
         try:
-            while self.step < t.max_steps:
+            while not self.done():
                 self._run_epoch()
-            if self.validator.due(self.step):
+            if self.validator.last_step != self.step:  # the last step is always scored
                 self._validate()
             self.steps_this_run = self.step - first_step
             return self._summary(time.time() - t_start)
         finally:
             self.sinks.close()
 
+    def done(self) -> bool:
+        """The run's budget is spent: train.max_steps, or train.max_minutes of this run's training time
+        (checked every step; in a data-parallel run every train.log_every steps, where the ranks agree)."""
+        return self.step >= self.cfg.train.max_steps or self.time_up
+
     def _run_epoch(self) -> None:
-        """The steps of the current epoch from `batch_in_epoch` on, until it ends or max_steps is reached."""
-        t = self.cfg.train
+        """The steps of the current epoch from `batch_in_epoch` on, until it ends or the budget is spent."""
         loader = self.data.train_loader(self.micro_batch, self.epoch, self.batch_in_epoch)
         try:
             epoch_done = self._run_steps(loader)
@@ -172,7 +177,7 @@ class Trainer:
             self.skipped_files.update(loader.skipped_files)
         if epoch_done:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-            if self.step < t.max_steps and self.validator.due(self.step, epoch_end=True):
+            if not self.done() and self.validator.due(self.step, epoch_end=True):
                 self._validate()
 
     def _run_steps(self, loader) -> bool:
@@ -200,7 +205,7 @@ class Trainer:
                 self.sinks.info(f"preemption signal ({self.preemption.signal or 'on another rank'}): checkpoint "
                                 f"at step {self.step} written, exiting {EXIT_PREEMPTED}")
                 raise Preempted()
-            if self.step >= t.max_steps:  # stopped inside the epoch: a resumed run continues it
+            if self.done():  # stopped inside the epoch: a resumed run continues it
                 return self.batch_in_epoch >= loader.sampler.batches_per_epoch
             t_wait = time.perf_counter()
         return True
@@ -228,6 +233,9 @@ class Trainer:
         self.train_time += step_s
         self.sinks.step(self.step, {"images": n_img, "images_rank": n_img // self.rt.world_size,
                                     "step_s": step_s, "data_s": data_s})
+        if t.max_minutes is not None and not self.time_up and (not self.rt.distributed
+                                                                or self.step % t.log_every == 0):
+            self.time_up = self.rt.any(self.train_time >= 60.0 * t.max_minutes)
         if log_now:
             self._log(reduced, n_img / max(step_s, 1e-9))
 

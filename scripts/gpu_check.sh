@@ -18,6 +18,10 @@
 #                                          # ray kernels e2e train infer data loader compile
 #   --variants "A B"                       # the train and infer suites' variants (default "reference fast"; on a
 #                                          # short lease "reference fast_eager" leaves inductor's compile out)
+#   --only accuracy [--minutes M]          # the LSP time-to-accuracy protocol (issue 24): `bench accuracy --preset
+#                                          # lsp-tta`, sat and none, M training minutes each (default 10, cut to fit
+#                                          # --budget); never part of the default groups. Needs .gpu/lsp-full
+#                                          # (make_gpu_bundle.sh --with lsp-full); --dry runs lsp-tta-tiny, reduced
 #
 # Order (most wanted first, for a short --budget): step checks; DALI's GPU pipeline (img/s, parity, bad files),
 # DeepSpeed ZeRO-0/1 against the plain step, a tiny Ray Tune sweep on the GPU (none of these three has run on a
@@ -40,6 +44,7 @@ BUDGET=0
 LOGS=/tmp
 ONLY=
 VARIANTS_ARG=
+ACC_MINUTES=10
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry) DRY=1; shift ;;
@@ -48,7 +53,8 @@ while [ $# -gt 0 ]; do
     --logs) LOGS=$2; shift 2 ;;
     --only) ONLY=" $2 "; shift 2 ;;
     --variants) VARIANTS_ARG=$2; shift 2 ;;
-    *) echo "usage: $0 [--dry] [--out DIR] [--budget SECONDS] [--logs DIR] [--only \"GROUP ...\"] [--variants \"A B\"]" >&2
+    --minutes) ACC_MINUTES=$2; shift 2 ;;
+    *) echo "usage: $0 [--dry] [--out DIR] [--budget SECONDS] [--logs DIR] [--only \"GROUP ...\"] [--variants \"A B\"] [--minutes M]" >&2
        exit 2 ;;
   esac
 done
@@ -123,7 +129,9 @@ DRYFLAG=$( [ "$DRY" = 1 ] && echo --dry )
 [ -n "$OUT" ] || OUT=$( [ "$DRY" = 1 ] && mktemp -d -t gpu_check_dry.XXXX || echo docs/benchmarks )
 [ "$DRY" = 0 ] && say PASS gpu "$GPUS x $("$PY" -c 'import torch; print(torch.cuda.get_device_name(0))'), driver $(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1)"
 
-want() { [ -z "$ONLY" ] || [[ "$ONLY" == *" $1 "* ]]; }  # GROUP: asked for (--only)?
+want() {  # GROUP: asked for (--only)? accuracy (minutes of training per variant) only when named
+  if [ "$1" = accuracy ]; then [[ "$ONLY" == *" accuracy "* ]]; else [ -z "$ONLY" ] || [[ "$ONLY" == *" $1 "* ]]; fi
+}
 due() {  # NAME LIMIT: T = the step's time limit cut to the budget; when nothing is left, SKIP and fail
   T=$(lim "$2")
   [ "$T" != 0 ] || { say SKIP "$1" "out of --budget ($BUDGET s)"; return 1; }
@@ -415,6 +423,33 @@ if want compile; then
       say PASS "compiled step" "$(grep '^variant' "$LOGS/gpu_check_compiled_step.log" | tr '\n' ' ')"
     else
       say FAIL "compiled step" "exit $rc (124: its time limit); log: $LOGS/gpu_check_compiled_step.log: $(grep '^variant' "$LOGS/gpu_check_compiled_step.log" | tr '\n' ' ')$(tail -2 "$LOGS/gpu_check_compiled_step.log" | tr '\n' ' ')"
+    fi
+  fi
+fi
+
+# -- accuracy: the LSP protocol of issue 24 (lsp-tta: LSP's 1000 training images, PCK@0.2 on its 1000 test
+# images, sat and none, one seed, --minutes of training each; validation and start-up come on top, ~15%) --------
+if want accuracy; then
+  SHARED_LSP=${SATPOSE_DATASETS:-../shared/datasets}/lsp
+  if [ "$DRY" = 1 ]; then
+    if [ -f "$SHARED_LSP/joints.mat" ]; then
+      bench accuracy 300 accuracy --preset lsp-tta-tiny data.root="$SHARED_LSP" data.max_val_samples=8 \
+        data.num_workers=0 train.val_every=1 --images 32 --seeds 1 --target 30 --label lsp-tta-tiny-dry
+    else
+      say SKIP "bench accuracy" "no $SHARED_LSP: the dry run reads the shared LSP"
+    fi
+  elif [ ! -f .gpu/lsp-full/joints.mat ]; then
+    say SKIP "bench accuracy" "no .gpu/lsp-full (bash scripts/make_gpu_bundle.sh --with lsp,pydantic,lsp-full): lsp-tta needs all 2000 LSP images"
+  else
+    if [ "$BUDGET" -gt 0 ]; then  # 2 runs of M minutes + ~15% validation + ~60 s start-up and final scoring each
+      FIT=$(( (BUDGET - SECONDS - 150) * 100 / 115 / 2 / 60 ))
+      [ "$FIT" -lt "${ACC_MINUTES%.*}" ] && ACC_MINUTES=$FIT
+    fi
+    if [ "${ACC_MINUTES%.*}" -lt 1 ]; then
+      say SKIP "bench accuracy" "under a minute of training per variant left in --budget ($BUDGET s)"
+    else
+      bench accuracy $(( ${ACC_MINUTES%.*} * 2 * 69 + 150 )) accuracy --preset lsp-tta data.root=.gpu/lsp-full \
+        --minutes "$ACC_MINUTES" --seeds 1 --target 75 --label "lsp-tta-${ACC_MINUTES}min"
     fi
   fi
 fi

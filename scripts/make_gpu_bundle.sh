@@ -4,6 +4,7 @@
 # .gpu/parts/manifest.json (sha256 and size of every file and part). The logic is harness/bundle/; see
 # docs/offline-bundle.md. Groups (--with, comma-separated; default lsp,pydantic):
 #   lsp        the first --images N LSP images (default 320) and their joints.mat, real JPEGs for the GPU checks
+#   lsp-full   all 2000 LSP images and joints.mat, unchanged (81 MiB: two parts), for `gpu_check.sh --only accuracy`
 #   pydantic   pydantic and its own deps (the harness's config needs it; the GPU image lacks it)
 #   dali       nvidia-dali-cuda130 2.4.0 + nvImageCodec, nvCOMP, nvJPEG (CUDA 13) and its pure-Python deps
 #   deepspeed  DeepSpeed 0.19.8 (a pure-Python wheel built here from the sdist, DS_BUILD_OPS=0) + hjson

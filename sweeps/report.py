@@ -18,9 +18,9 @@ from typing import Any
 from data_pipelines.errors import UserError
 from harness.curves import read_metrics, series
 from harness.files import atomic_path, write_json, write_text_atomic
+from harness.stats import estimate, min_detectable_difference, paired_difference
 from sweeps.balance import WINDOWS, run_balance
 from sweeps.presets import get_preset
-from sweeps.stats import estimate, min_detectable_difference, paired_difference
 from sweeps.trial import run_name, stopped_early
 
 

@@ -9,10 +9,10 @@ import math
 import pytest
 
 from data_pipelines.errors import UserError
+from harness.stats import estimate, min_detectable_difference, paired_difference
 from sweeps.balance import k_first_positive, ratio_windows
 from sweeps.presets import PRESETS, get_preset
 from sweeps.report import write_report
-from sweeps.stats import estimate, min_detectable_difference, paired_difference
 from sweeps.trial import STOPPED_EARLY, TrialSpec, trial_config
 
 # Student t quantiles t(0.975, df) from a printed table (NIST/SEMATECH e-Handbook, Table 1.3.6.7.2)

@@ -64,6 +64,9 @@ def machine_info(device: torch.device) -> dict:
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)),
         "torch_threads": torch.get_num_threads(),
+        # the vector ISA torch's CPU kernels dispatch to (AVX2, AVX512, ...): with the thread count, what decides
+        # the float rounding of a CPU run, so what two CPU runs of one seed must share to agree bit for bit
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "load_avg_1m": os.getloadavg()[0],
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if cuda else None,

@@ -32,6 +32,15 @@ def _spread(row, key: str = "images_per_s") -> str:
     return "-" if not s else f"{s['median']:.1f} ({s['min']:.1f}-{s['max']:.1f})"
 
 
+def _est(e, unit: str = "") -> str:
+    """A harness.stats estimate: mean +- 95% half width (n)."""
+    if not e:
+        return "-"
+    if e["ci95"] is None:
+        return f"{e['mean']:.2f}{unit} (n=1)"
+    return f"{e['mean']:.2f} ± {e['ci95']:.2f}{unit} (n={e['n']})"
+
+
 Column = tuple[str, Callable[[dict], str]]
 COLUMNS: dict[str, list[Column]] = {
     "train": [("variant", lambda r: r["variant"] + (f" ({r['note']})" if r.get("note") else "")),
@@ -66,7 +75,40 @@ COLUMNS: dict[str, list[Column]] = {
                 ("img/s per device", lambda r: _f(r.get("images_per_s_per_device"))),
                 ("speed-up", lambda r: _f(r.get("speedup"), "{:.2f}")),
                 ("efficiency vs linear", lambda r: _f(r.get("efficiency"), "{:.0%}")), ("step ms p50/p90/p99", _lat)],
+    "accuracy": [("variant", lambda r: r["variant"]),
+                 ("final (flip test)", lambda r: _est(r.get("final")) if r.get("flip_test")
+                  else ("-" if r.get("baseline") else "(flip off)")),
+                 ("final, no flip", lambda r: _f(r["value"], "{:.2f}") if r.get("baseline")
+                  else _est(r.get("final_no_flip"))),
+                 ("- first (paired)", lambda r: _est(r.get("paired_vs_first"))),
+                 ("- baseline", lambda r: _f(r.get("over_baseline"), "{:+.2f}")),
+                 ("target reached", lambda r: f"{r['target_reached']} of seeds" if r.get("target") is not None
+                  else "-"),
+                 ("train min to target", lambda r: _est(r.get("time_to_target_min"))),
+                 ("images", lambda r: _f(r.get("images"), "{:.0f}")),
+                 ("train min", lambda r: _f(r.get("train_min"), "{:.2f}")),
+                 ("train img/s", lambda r: _f(r.get("images_per_s")))],
 }
+
+
+def _accuracy_sections(report: dict) -> list[str]:
+    """bench accuracy: the curves (mean over seeds and each seed) under the rows table."""
+    lines = []
+    for row in report["rows"]:
+        if row.get("baseline"):
+            continue
+        runs = [r for r in report["runs"] if r["variant"] == row["variant"]]
+        lines += ["", f"### {row['variant']}: {row['metric']} over training", "",
+                  "| step | images | train min (mean) | mean ± 95% CI | "
+                  + " | ".join(f"seed {r['seed']}" for r in runs) + " |", "|" + "---|" * (4 + len(runs))]
+        for p in row["curve"]:
+            per_seed = [next((q["value"] for q in r["curve"] if q["step"] == p["step"]), None) for r in runs]
+            lines.append(f"| {p['step']} | {p['images']} | {p['train_min']:.2f} | {_est(p['value'])} | "
+                         + " | ".join(_f(v, "{:.2f}") for v in per_seed) + " |")
+    return lines
+
+
+SECTIONS: dict[str, Callable[[dict], list[str]]] = {"accuracy": _accuracy_sections}
 
 
 def stem(report: dict) -> str:
@@ -81,8 +123,9 @@ def markdown(report: dict) -> str:
              f"`{report['command']}`", "",
              f"- created {report['created']} UTC, schema `{report['schema']}`, commit `{m['git_commit']}`"
              + (" (uncommitted changes)" if m.get("git_dirty") else ""),
-             f"- CPU {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), load average "
-             f"{m['load_avg_1m']:.1f} at the start; GPU {gpu}",
+             f"- CPU {m['cpu']} ({m.get('cpu_capability') or 'ISA not recorded'}), {m['cores']} cores "
+             f"({m['torch_threads']} torch threads), load average {m['load_avg_1m']:.1f} when the report was "
+             f"written; GPU {gpu}",
              f"- torch {m['torch']}, triton {m['triton']}, DALI {m['dali']}, Python {m['python']}",
              f"- settings: {json.dumps(report['settings'])}"]
     if report.get("peak"):
@@ -91,6 +134,7 @@ def markdown(report: dict) -> str:
                      f"({p['source']})")
     lines += ["", "| " + " | ".join(h for h, _ in cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fn(r) for _, fn in cols) + " |" for r in report["rows"]]
+    lines += SECTIONS.get(report["suite"], lambda _: [])(report)
     lines += [""] + [f"- {n}" for n in report.get("notes", [])]
     return "\n".join(lines) + "\n"
 

@@ -33,6 +33,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "telemetry_off": ("telemetry.enabled=false",),
     "telemetry_on": ("telemetry.enabled=true",),
     "sync_batchnorm": ("distributed.sync_batchnorm=true",),
+    "sat": ("adversarial.objective=sat",),  # bench accuracy's default pair: SAT against the plain hourglass
+    "none": ("adversarial.objective=none",),
 }
 
 

@@ -35,6 +35,7 @@ class Group:
 # click, filelock, protobuf, requests, attrs, pandas, pyarrow, fsspec, aiosignal, frozenlist.
 GROUPS: dict[str, Group] = {
     "lsp": Group(),  # the LSP subset: files, not wheels (see lsp_files)
+    "lsp-full": Group(),  # all LSP images, unchanged: the lsp-tta protocol of `gpu_check.sh --only accuracy`
     "pydantic": Group(("typing-extensions==4.16.0", "annotated-types==0.8.0", "typing-inspection==0.4.5",
                        "pydantic-core==2.50.5", "pydantic==2.14.4"), imports=("pydantic",)),
     # nvidia-dali-cuda130 2.4.0 needs nvidia-nvimgcodec-cu13[all] 0.9 and nvidia-libnvcomp-cu13 ==5.3.0.16;
@@ -122,6 +123,15 @@ def fetch_wheels(requirements: Iterable[str], cache: Path, sdist: bool = False) 
     return out
 
 
+def lsp_full_files(lsp_root: Path) -> list[tuple[str, Path]]:
+    """Every LSP image and joints.mat as they are, staged as lsp-full/...: the 1000 + 1000 train/test protocol."""
+    files = [("lsp-full/joints.mat", lsp_root / "joints.mat")]
+    files += [(f"lsp-full/images/{f.name}", f) for f in sorted((lsp_root / "images").glob("im*.jpg"))]
+    if not files[0][1].is_file() or len(files) < 2:
+        raise BundleError(f"{lsp_root}: no joints.mat or no images/im*.jpg for the lsp-full group")
+    return files
+
+
 def make(groups: list[str], out_dir: Path, part_size: int, images: int, lsp_root: Path, cache: Path) -> dict:
     groups = resolve_groups(groups)
     stage = Path(tempfile.mkdtemp(prefix="satpose-bundle-"))
@@ -129,6 +139,8 @@ def make(groups: list[str], out_dir: Path, part_size: int, images: int, lsp_root
         files: list[tuple[str, Path]] = []
         if "lsp" in groups:
             files += lsp_files(lsp_root, images, stage)
+        if "lsp-full" in groups:
+            files += lsp_full_files(lsp_root)
         wheels: list[Path] = []
         for g in groups:
             wheels += fetch_wheels(GROUPS[g].wheels, cache)

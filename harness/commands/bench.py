@@ -6,6 +6,7 @@
     python -m harness bench kernels
     python -m harness bench scaling --preset quickstart --world-sizes 1 2
     python -m harness bench compile --preset lsp-sat-4s --variants regional:train.compile=true whole:...
+    python -m harness bench accuracy --preset lsp-tta-tiny --variants sat none --seeds 2 --target 40
     python -m harness bench compare OLD.json NEW.json --threshold 0.05   (exit 1 on a regression)
 """
 
@@ -23,7 +24,10 @@ SUITES = {"train": "the training step (G and D) per variant: img/s, latency, dat
           "data": "loader throughput per backend and worker count beside decode and decode+warp ceilings",
           "kernels": "every fused op against its torch reference: time, GB/s, bandwidth floor",
           "scaling": "the train suite under torchrun at world sizes 1..N: efficiency vs linear",
-          "compile": "torch.compile of the training step per variant, cold and warm inductor cache, fresh processes"}
+          "compile": "torch.compile of the training step per variant, cold and warm inductor cache, fresh processes",
+          "accuracy": "score vs images and training minutes per variant and seed under one budget, final score "
+                      "with flip test, paired differences, time to --target, the mean-pose baseline"}
+DEFAULT_VARIANTS = {"accuracy": ["sat", "none"]}
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
 
 
@@ -39,7 +43,8 @@ def register(subparsers, name: str) -> None:
     p.add_argument("--config", dest="config_file")
     p.add_argument("--variants", nargs="+", default=None,
                    help="named variants (reference, fast, bf16, ...; harness/bench/variants.py) or "
-                        "name:key=value,key=value; the first is the baseline of the ratios")
+                        "name:key=value,key=value; the first is the baseline of the ratios (accuracy: of the "
+                        "paired differences; default sat none)")
     p.add_argument("--steps", type=int, default=5, help="timed steps (calls) per variant per repeat")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first (compile happens here)")
     p.add_argument("--repeats", type=int, default=3, help="rounds over the variants, interleaved")
@@ -55,6 +60,11 @@ def register(subparsers, name: str) -> None:
     p.add_argument("--formats", nargs="+", default=["json", "md", "png"], choices=("json", "md", "png"))
     p.add_argument("--label", help="name suffix of the report files (default: the preset's name)")
     p.add_argument("--note", action="append", default=[], help="a line for the report's notes (repeatable)")
+    p.add_argument("--seeds", type=int, default=2, help="accuracy: seeds per variant (train.seed, +1, ...)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, help="accuracy: training minutes per run (train.max_minutes)")
+    budget.add_argument("--images", type=int, help="accuracy: training images per run (sets train.max_steps)")
+    p.add_argument("--target", type=float, help="accuracy: the score whose first crossing is reported")
     p.add_argument("--threshold", type=float, default=0.05, help="compare: relative loss counted as a regression")
     p.set_defaults(func=run)
 
@@ -75,7 +85,8 @@ def run(args) -> int:
     from harness.bench.variants import resolve
 
     created = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    variants = resolve(args.variants or ["default"], args.preset, args.config_file, args.items)
+    variants = resolve(args.variants or DEFAULT_VARIANTS.get(args.suite, ["default"]), args.preset,
+                       args.config_file, args.items)
     if args.suite == "train":
         from harness.bench import suite_train
 
@@ -96,6 +107,10 @@ def run(args) -> int:
         from harness.bench import suite_kernels
 
         result = suite_kernels.run(args.kernel_batch, args.repeats)
+    elif args.suite == "accuracy":
+        from harness.bench import suite_accuracy
+
+        result = suite_accuracy.run(variants, args.seeds, args.images, args.minutes, args.target)
     else:
         from harness.bench import suite_scaling
 
@@ -113,6 +128,10 @@ def run(args) -> int:
                 "repeats": args.repeats}
     if args.suite == "train":
         settings["input"] = args.input
+    if args.suite == "accuracy":  # steps, warm-up and repeats do not apply
+        for k in ("steps", "warmup", "repeats"):
+            settings.pop(k)
+        settings.update(seeds=args.seeds, images=args.images, minutes=args.minutes, target=args.target)
     report = {"schema": SCHEMA, "suite": args.suite, "created": created, "label": args.label or args.preset,
               "command": "python -m harness bench " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["bench"]
                                                                  else [args.suite, *args.items]),

@@ -1,4 +1,5 @@
-"""Seed statistics for sweep reports: mean with a Student-t 95% confidence interval, and paired differences.
+"""Seed statistics for sweep and accuracy reports (sweeps/report.py, harness/bench/suite_accuracy.py): mean with
+a Student-t 95% confidence interval, and paired differences.
 
 With n seeds the interval is mean +- t(0.975, n-1) * s / sqrt(n), s the sample standard deviation
 (n - 1 in the denominator); with one seed there is no interval (None). Paired differences pair the two
