@@ -257,3 +257,35 @@ def test_gpu_check_dry_mode(tmp_path):
     assert "SKIP step sat fp16" in out and " s, 0 failed;" in out
     suites = {p.name.split("_")[1] for p in tmp_path.glob("*.json")}  # + data where .gpu/lsp holds real images
     assert suites - {"data"} == {"train", "infer", "kernels"}, suites
+
+
+# A DataLoader that pins memory (on CUDA) starts a thread that calls torch.set_num_threads(1); torch's thread
+# count is read lazily, once per thread, from the process-wide value that call overwrites. On the GPU the main
+# thread had done no CPU work yet when the loader started; the probe stands in for the pinning thread at that
+# point (the run's data just built, before any model: on CPU, building one reads the thread count).
+_PINNING_PROBE = """
+import sys, threading, torch
+import harness.data as data
+from harness.cli import main
+orig = data.RunData.__init__
+def init(self, *a, **k):
+    orig(self, *a, **k)
+    t = threading.Thread(target=torch.set_num_threads, args=(1,))
+    t.start(); t.join()
+data.RunData.__init__ = init
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_bench_train_keeps_its_threads_when_a_loader_thread_sets_one(tmp_path):
+    """The H100's `bench train` ran with 1 torch thread (2026-11-27): the loader's pin-memory thread set it
+    before the main thread first read its count. fix_threads reads and sets it up front."""
+    tiny = [t for t in TINY if not t.startswith("train.threads")]
+    args = ["bench", "train", *tiny, "--steps", "1", "--warmup", "0", "--repeats", "1", "--formats", "json",
+            "--out", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", _PINNING_PROBE, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(next(tmp_path.glob("*_train_*.json")).read_text())
+    assert report["machine"]["torch_threads"] == 2

@@ -13,7 +13,7 @@ from data_pipelines.registry import skeleton_for
 from harness.bench.timing import StepClock, interleave, percentiles, spread, sync
 from harness.bench.variants import Variant
 from harness.build import build_models
-from harness.distributed import init_runtime
+from harness.distributed import fix_threads, init_runtime
 from harness.evaluate import predict_heatmaps
 from harness.precision import set_numerics
 
@@ -26,8 +26,7 @@ def run(variants: list[Variant], steps: int, warmup: int, repeats: int, batch_si
     rt = init_runtime(cfg0.train.device, cfg0.distributed.backend)
     if rt.distributed:
         raise UserError("bench infer runs in one process")
-    if cfg0.train.threads:
-        torch.set_num_threads(cfg0.train.threads)
+    fix_threads(cfg0.train.threads)
     batch_sizes = batch_sizes or ([1, 16, 64] if rt.device.type == "cuda" else [1, 8])
     skeleton = skeleton_for(cfg0.data.name)
     runs, warmup_s = {}, {}

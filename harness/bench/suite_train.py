@@ -29,7 +29,7 @@ from harness.bench.variants import Variant
 from harness.build import build_models, wrap_models
 from harness.config import Config, config_from_dict
 from harness.data import RunData
-from harness.distributed import Runtime, init_runtime
+from harness.distributed import Runtime, fix_threads, init_runtime
 from harness.objectives import build_objective
 from harness.precision import set_numerics
 from harness.sinks import build_sinks
@@ -108,8 +108,7 @@ def run(variants: list[Variant], steps: int, warmup: int, repeats: int, input_mo
         if v.cfg.data != cfg0.data or v.cfg.train.batch_size != cfg0.train.batch_size:
             raise UserError(f"variant {v.name}: data and batch settings must be the same in every variant")
     rt = init_runtime(cfg0.train.device, cfg0.distributed.backend)
-    if cfg0.train.threads:
-        torch.set_num_threads(cfg0.train.threads)
+    fix_threads(cfg0.train.threads)
     t = cfg0.train
     if t.batch_size % (rt.world_size * t.grad_accum):
         raise UserError(f"train.batch_size ({t.batch_size}) must be divisible by world size x grad_accum")
