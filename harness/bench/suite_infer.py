@@ -15,6 +15,7 @@ from harness.bench.variants import Variant
 from harness.build import build_models
 from harness.distributed import fix_threads, init_runtime
 from harness.evaluate import predict_heatmaps
+from harness.inference import inference_model
 from harness.precision import set_numerics
 
 
@@ -29,11 +30,13 @@ def run(variants: list[Variant], steps: int, warmup: int, repeats: int, batch_si
     fix_threads(cfg0.train.threads)
     batch_sizes = batch_sizes or ([1, 16, 64] if rt.device.type == "cuda" else [1, 8])
     skeleton = skeleton_for(cfg0.data.name)
-    runs, warmup_s = {}, {}
+    runs, warmup_s, notes = {}, {}, []
     for v in usable:
         set_numerics(rt.device, v.cfg.train.deterministic)
         g, _ = build_models(v.cfg, skeleton.num_joints, rt)
         g.eval()
+        model = inference_model(g, v.cfg)
+        notes += [f"{v.name}: {n}" for n in model.notes]
         s = v.cfg.data.input_size
         for bs in batch_sizes:
             images = torch.randn(bs, 3, s, s, device=rt.device)
@@ -41,7 +44,7 @@ def run(variants: list[Variant], steps: int, warmup: int, repeats: int, batch_si
                 images = images.contiguous(memory_format=torch.channels_last)
             for flip in (False, True):
                 key = f"{v.name}/bs{bs}/{'flip' if flip else 'noflip'}"
-                call = _caller(g, images, skeleton.flip_index if flip else None, v.cfg.train.precision)
+                call = _caller(model, images, skeleton.flip_index if flip else None)
                 t0 = time.perf_counter()
                 for _ in range(warmup):
                     call()
@@ -70,9 +73,9 @@ def run(variants: list[Variant], steps: int, warmup: int, repeats: int, batch_si
             "config": cfg0.to_dict()}
 
 
-def _caller(g, images, flip_index, precision):
+def _caller(model, images, flip_index):
     def call():
-        return predict_heatmaps(g, images, flip_index, precision)
+        return predict_heatmaps(model, images, flip_index)
     return call
 
 

@@ -69,7 +69,9 @@ def run(args) -> int:
     precision = cfg.train.precision if device.type == "cuda" or cfg.train.precision == "fp64" else "fp32"
     generator.to(device, param_dtype(precision))  # weights in the dtype the images are fed in
     preds = predict_dataset(generator, run_data.val_loader(args.batch_size), device, skeleton,
-                            flip_test=not args.no_flip, precision=precision)
+                            flip_test=not args.no_flip, precision=precision, infer=cfg.infer,
+                            channels_last=cfg.train.channels_last and device.type == "cuda",
+                            compile_backend=cfg.train.compile_backend)
     try:  # COCO: keypoint AP against the split's annotation file
         result = score_records(records, preds, cfg.data.name, coco_annotations=run_data.val_annotations)
     except ValueError as exc:
