@@ -63,6 +63,16 @@ def test_bench_train(tmp_path):
         assert 0 < r["mfu"] <= 1 and r["peak"]["tflops"] > 0
         assert r["achieved_tflops_per_device"] == pytest.approx(r["flops_per_image"] * r["value"] / 1e12)
     assert rows["reference"]["flops_per_image"] == rows["bf16"]["flops_per_image"]
+    for r in rows.values():  # the roofline: bytes per image, no bandwidth share on a CPU (unknown)
+        assert r["bytes_per_image"] == pytest.approx(r["bytes_per_image_marginal"] + r["bytes_fixed_per_call"] / 4)
+        assert r["bytes_per_image"] == pytest.approx(sum(r["bytes_by_kind"].values()))
+        assert r["achieved_tbs_per_device"] == pytest.approx(r["bytes_per_image"] * r["value"] / 1e12)
+        assert r["bandwidth_share"] is None and r["bandwidth"]["source"].startswith("CPU: unknown")
+        shares = {k: v["share"] for k, v in r["time_by_kind"]["by_kind"].items()}
+        assert sum(shares.values()) == pytest.approx(1.0) and shares["convolution"] > 0
+    # bf16 activations: fewer bytes than fp32 per image (the casts of the weights are fixed per step)
+    assert rows["bf16"]["bytes_per_image_marginal"] < rows["reference"]["bytes_per_image_marginal"]
+    assert "Time by op kind" in (tmp_path / next(tmp_path.glob("*_train_*.md")).name).read_text()
 
 
 def test_bench_train_resident_and_unavailable_variant(tmp_path, monkeypatch):
@@ -88,11 +98,24 @@ def test_variants_resolve_and_refuse_unknown_keys():
 
 
 def test_bench_infer(tmp_path):
-    assert main(["bench", "infer", *TINY, "--batch-sizes", "1", "2", *RUN, "--out", str(tmp_path)]) == 0
+    assert main(["bench", "infer", *TINY, "--batch-sizes", "1", "2", *RUN, "--out", str(tmp_path),
+                 "--variants", "unfolded", "folded_1pass", "--peak-gbps", "50"]) == 0
     rows = _report(tmp_path, "infer")["rows"]
-    assert {(r["batch_size"], r["flip"]) for r in rows} == {(1, False), (1, True), (2, False), (2, True)}
+    assert {(r["variant"], r["batch_size"], r["flip"]) for r in rows} == \
+        {(v, b, f) for v in ("unfolded", "folded_1pass") for b in (1, 2) for f in (False, True)}
     for r in rows:
-        assert r["value"] > 0 and _ordered(r["latency_ms"]) and r["ratio"] == 1.0
+        assert r["value"] > 0 and _ordered(r["latency_ms"])
+        assert (r["ratio"] == 1.0) == (r["variant"] == "unfolded")
+        assert r["flops_per_image"] > 0 and 0 < r["mfu"] <= 1
+        assert r["bandwidth_share"] == pytest.approx(r["achieved_tbs_per_device"] / 0.05)
+        assert ("time_by_kind" in r) == (r["batch_size"] == 2 and r["flip"])
+    by = {(r["variant"], r["batch_size"], r["flip"]): r for r in rows}
+    for v in ("unfolded", "folded_1pass"):  # the flip test doubles the work
+        assert by[v, 2, True]["flops_per_image"] == 2 * by[v, 2, False]["flops_per_image"]
+    # folding removes BatchNorm traffic (the residuals' first BatchNorms stay)
+    folded, unfolded = by["folded_1pass", 2, False]["bytes_by_kind"], by["unfolded", 2, False]["bytes_by_kind"]
+    assert 0 < folded["batchnorm"] < unfolded["batchnorm"]
+    assert by["folded_1pass", 2, False]["bytes_per_image"] < by["unfolded", 2, False]["bytes_per_image"]
 
 
 def test_bench_data_on_real_lsp(tmp_path, lsp_root):
