@@ -9,7 +9,8 @@ last-stack heatmaps, with the flip test, as configured by `infer.*` (harness.con
                     casts every weight on every call (what made bf16 slower than fp32 below batch 64 on an
                     H100: host-bound per-layer casts); false: fp32 weights under autocast, as training runs
     channels_last   (train.channels_last) NHWC copy and inputs
-    compile         torch.compile of the copy (train.compile_backend), shapes static per batch size
+    compile         torch.compile of the copy (train.compile_backend); a second batch size recompiles once with a
+                    symbolic batch that later sizes reuse
     cuda_graphs     CUDA only: replay one captured graph per input shape up to cuda_graphs_max_batch images per
                     forward (with compile and inductor: torch.compile's mode="reduce-overhead"; otherwise a
                     torch.cuda.CUDAGraph per shape with static input and output buffers); eager elsewhere,
@@ -96,7 +97,10 @@ class InferenceModel:
         reduce_overhead = graphs and o.compile and compile_backend == "inductor"
         fn = self._last_stack
         if o.compile:
-            fn = torch.compile(fn, backend=compile_backend, dynamic=False,
+            # dynamic=None: the first shape compiles static, a second one recompiles with a symbolic batch that
+            # every later batch size reuses (a sweep over 4 batch sizes x 2 would otherwise compile 8 times);
+            # graphs are still recorded per shape
+            fn = torch.compile(fn, backend=compile_backend, dynamic=None,
                                mode="reduce-overhead" if reduce_overhead else None)
         self._fn = fn
         self._reduce_overhead = reduce_overhead

@@ -13,9 +13,10 @@
 #                                          # SKIP (a lease of a few minutes); each step's own limit shrinks to fit
 #   --logs DIR                             # where each step's log goes (default /tmp)
 #   --only "GROUP ..."                     # run only these groups (default all): checks kernels e2e train infer
-#                                          # data loader compile
-#   --variants "A B"                       # the train and infer suites' variants (default "reference fast"; on a
-#                                          # short lease "reference fast_eager" leaves inductor's compile out)
+#                                          # infer_compiled data loader compile
+#   --variants "A B"                       # the train suite's variants (default "reference fast"; on a short
+#                                          # lease "reference fast_eager" leaves inductor's compile out), and the
+#                                          # infer suite's instead of its own list (infer_compiled then skipped)
 #
 # Order (most wanted first, for a short --budget): step checks, an end-to-end `harness train` (two checkpoints,
 # a resume, eval with flip) on real images, the train suite, the Triton kernel tests and timings, the infer and
@@ -183,6 +184,20 @@ bench() {  # NAME LIMIT ARGS...: one suite, its report's files listed
   fi
 }
 
+roofline() {  # NAME: one line per row of the suite's last report: img/s, ms, bytes, bandwidth share
+  local j
+  j=$(grep '^wrote .*\.json' "$LOGS/gpu_check_$1.log" 2>/dev/null | sed 's/^wrote //')
+  [ -n "$j" ] && "$PY" - "$j" <<'EOF2'
+import json, sys
+for r in json.load(open(sys.argv[1]))["rows"]:
+    if r.get("value"):
+        f = lambda k, s="{:.3g}": "-" if r.get(k) is None else s.format(r[k])
+        print(f"  {r['key']}: {r['value']:.1f} img/s, p50 {r['latency_ms']['p50']:.2f} ms, x{f('ratio')} of the first, "
+              f"{(r.get('bytes_per_image') or 0) / 1e9:.3f} GB/img, {f('achieved_tbs_per_device')} TB/s = "
+              f"{f('bandwidth_share', '{:.0%}')} of the datasheet, {f('bandwidth_share_of_copy', '{:.0%}')} of a copy")
+EOF2
+}
+
 # -- end to end: `harness train` (two validations + checkpoints), a resume to more steps, `harness eval` --------
 if want e2e; then
 E2E_DIR=$(mktemp -d -t gpu_check_e2e.XXXX)
@@ -218,8 +233,11 @@ fi
 fi
 
 # -- benchmark suites ---------------------------------------------------------------------------------------
-want train && bench train 300 train --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" --input resident --variants "${VARIANTS[@]}" \
-  "${RUN[@]}" --label "sat-4s-1s$( [ "$DRY" = 1 ] && echo -dry )"
+if want train; then
+  bench train 300 train --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" --input resident --variants "${VARIANTS[@]}" \
+    "${RUN[@]}" --label "sat-4s-1s$( [ "$DRY" = 1 ] && echo -dry )"
+  roofline train
+fi
 # -- Triton kernels against torch ---------------------------------------------------------------------------
 if want kernels; then
 if [ "$DRY" = 1 ]; then
@@ -258,9 +276,37 @@ EOF2
 fi
 fi
 
-# -- inference and the loader ------------------------------------------------------------------------------
-want infer && bench infer 180 infer --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" --variants "${VARIANTS[@]}" --batch-sizes "${BS[@]}" \
-  "${RUN[@]}" --label "g-4s$( [ "$DRY" = 1 ] && echo -dry )"
+# -- inference (issue 22 item 5): G 4-stack with and without flip at batch 1 (latency) to 256, bf16 against fp32,
+# each step of the fast path against the eager reference in the same run: `infer` eager (folded BatchNorm, the
+# flip test as one doubled forward, bf16 weights instead of autocast, CUDA graphs per shape), `infer_compiled`
+# the compiled ones (inductor, reduce-overhead graphs; two compiles per variant: a static and a symbolic batch).
+# Goals: batch 256 + flip >= 3,000 img/s on an H100 (4,300 on an H200); batch 1 + flip <= 5 ms; bf16 >= fp32
+BF16=train.precision=bf16,train.channels_last=true
+FP32=train.precision=fp32,train.channels_last=false
+OLD=infer.fold_batchnorm=false,infer.one_pass_flip=false,infer.cast_weights=false
+if [ "$DRY" = 1 ]; then
+  INFER=(reference folded_1pass "bf16_graphs:$BF16,infer.cuda_graphs=true")
+  INFER_C=(reference "bf16_compiled_graphs:$BF16,infer.compile=true,infer.cuda_graphs=true,train.compile_backend=aot_eager")
+  INFER_RUN=("${RUN[@]}")
+else
+  INFER=(reference "bf16_unfolded:$BF16,$OLD" "fp32_folded:$FP32" "bf16_folded:$BF16" "fp32_graphs:$FP32,infer.cuda_graphs=true"
+         "bf16_graphs:$BF16,infer.cuda_graphs=true")
+  INFER_C=(reference "bf16_folded:$BF16" "fp32_compiled_graphs:$FP32,infer.compile=true,infer.cuda_graphs=true"
+           "bf16_compiled_graphs:$BF16,infer.compile=true,infer.cuda_graphs=true")
+  INFER_RUN=(--steps 5 --warmup 3 --repeats 2)
+fi
+# shellcheck disable=SC2206  # the variant names are words
+[ -n "$VARIANTS_ARG" ] && INFER=($VARIANTS_ARG) && INFER_C=()
+if want infer; then
+  bench infer 300 infer --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" --variants "${INFER[@]}" --batch-sizes "${BS[@]}" \
+    "${INFER_RUN[@]}" --label "g-4s$( [ "$DRY" = 1 ] && echo -dry )"
+  roofline infer
+fi
+if want infer_compiled && [ ${#INFER_C[@]} -gt 0 ]; then
+  bench infer_compiled 480 infer --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" --variants "${INFER_C[@]}" --batch-sizes "${BS[@]}" \
+    "${INFER_RUN[@]}" --label "g-4s-compiled$( [ "$DRY" = 1 ] && echo -dry )"
+  roofline infer_compiled
+fi
 if want data && [ "${DATA[0]}" = data.name=synthetic ]; then
   say SKIP "bench data" "the loader suite reads image files: no .gpu/lsp"
 elif want data; then  # the torch loader on this host's cores

@@ -275,9 +275,10 @@ def test_gpu_check_dry_mode(tmp_path):
     for name in ("dependencies", "step sat bf16", "step cgan bf16", "step none bf16", "compile (aot_eager)",
                  "checkpoint round trip", "deterministic", "gloo all_reduce", "batchnorm CrossRankBatchNorm2d",
                  "bench train", "bench infer", "bench kernels", "kernel decode", "e2e train", "e2e eval",
-                 "bench train_resident", "bench train_loader", "compiled step"):
+                 "bench train_resident", "bench train_loader", "compiled step", "bench infer_compiled"):
         assert f"PASS {name}" in out or f"PASS [rank 0] {name}" in out, (name, out[-4000:])
     assert "SKIP step sat fp16" in out and " s, 0 failed;" in out
+    assert "  bf16_compiled_graphs/bs4/flip: " in out and " GB/img, " in out  # the roofline lines
     suites = {p.name.split("_")[1] for p in tmp_path.glob("*.json")}  # + data where .gpu/lsp holds real images
     assert suites - {"data"} == {"train", "infer", "kernels"}, suites
 
