@@ -161,6 +161,21 @@ class TelemetryConfig(_Strict):
                                 "<sd_dir>/*.json); removed when the run ends")
 
 
+class InferConfig(_Strict):
+    """How G runs for `eval`, `predict`, validation and `bench infer` (harness/inference.py)."""
+    fold_batchnorm: bool = Field(True, description="an eval copy of G with each BatchNorm that follows a "
+                                                   "convolution folded into it (models/fold.py)")
+    one_pass_flip: bool = Field(True, description="flip test as one forward of the images and their mirrors "
+                                                  "concatenated (false: two forwards)")
+    cast_weights: bool = Field(True, description="bf16/fp16: G's copy holds weights in that dtype and gets "
+                                                 "inputs in it (false: fp32 weights under autocast)")
+    compile: bool = Field(False, description="torch.compile the inference copy (train.compile_backend)")
+    cuda_graphs: bool = Field(False, description="CUDA: replay a captured graph per input shape (with compile "
+                                                 "and inductor: mode reduce-overhead); eager elsewhere")
+    cuda_graphs_max_batch: int = Field(64, ge=1, description="largest forward batch (images, doubled with the "
+                                                             "one-pass flip test) that gets a graph")
+
+
 class Config(_Strict):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -169,6 +184,7 @@ class Config(_Strict):
     train: TrainConfig = TrainConfig()
     distributed: DistributedConfig = DistributedConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    infer: InferConfig = InferConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -159,6 +159,20 @@ def cuda_index(local_rank: int, plain_srun: bool) -> int:
         f"of the node's GPUs (slurm/train.sh: sbatch --gpus-per-node=N, not --gpus-per-task=1)")
 
 
+def fix_threads(threads: int | None) -> int:
+    """Set this process's torch CPU threads in the calling (main) thread now: `threads` (train.threads), or
+    torch's default (the usable cores, or OMP_NUM_THREADS) when None. Returns the count.
+
+    Call it before any DataLoader starts. torch reads its thread count lazily, once per thread, from a
+    process-wide value that `torch.set_num_threads` in ANY thread overwrites; a loader with pinned memory (on
+    CUDA) starts a pinning thread that calls torch.set_num_threads(1), so a main thread that had not yet
+    asked got 1 thread (what `bench train` reported on the H100, 2026-11-27). Threads started after the loader
+    (autograd's CUDA device threads) still read 1: they run device work."""
+    n = threads or torch.get_num_threads()  # the default, read before any other thread can change it
+    torch.set_num_threads(n)
+    return n
+
+
 def init_runtime(device: str = "auto", backend: str = "auto", timeout_s: int = 600) -> Runtime:
     plain_srun = "LOCAL_RANK" not in os.environ and "SLURM_PROCID" in os.environ
     rank, world, local_rank = launch_env()

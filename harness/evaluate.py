@@ -1,7 +1,8 @@
 """Held-out evaluation: G's predictions (with flip test) mapped back to original-image pixels and scored
 with the official protocols of harness.metrics.
 
-The chain per batch: G(crop)[-1] (+ G(mirrored crop)[-1] flipped back and averaged) -> decode (argmax +
+The chain per batch: G(crop)[-1] (+ G(mirrored crop)[-1] flipped back and averaged; G as a
+harness.inference.InferenceModel: BatchNorm folded, both in one forward, ...) -> decode (argmax +
 quarter-pixel shift) -> heatmap -> crop pixels -> original pixels through the inverse crop affine.
 """
 
@@ -15,7 +16,8 @@ from data_pipelines.batch import prepare_batch
 from data_pipelines.records import NOT_ANNOTATED, PoseRecord
 from data_pipelines.skeletons import Skeleton
 from harness import coco_eval, metrics
-from harness.precision import autocast, param_dtype
+from harness.config import InferConfig
+from harness.inference import InferenceModel
 from models.heatmap import decode_flip_merged, decode_heatmaps, flip_merge, heatmap_to_input, to_original
 
 # Which official protocol scores which dataset: LSP-layout data (LSP, synthetic) use PCK@0.2 with the
@@ -24,31 +26,19 @@ from models.heatmap import decode_flip_merged, decode_heatmaps, flip_merge, heat
 PROTOCOL_OF = {"lsp": "lsp", "synthetic": "lsp", "mpii": "mpii", "coco": "coco"}
 
 
-def _forward(generator: torch.nn.Module, images: torch.Tensor, flip: bool, precision: str
-             ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Last-stack heatmaps of the images and, for the flip test, of their mirror images (float32)."""
-    images = images.to(param_dtype(precision))
-    with autocast(images.device, precision):
-        heatmaps = generator(images)[-1].float()
-        flipped = generator(images.flip(-1))[-1].float() if flip else None
-    return heatmaps, flipped
-
-
 @torch.no_grad()
-def predict_heatmaps(generator: torch.nn.Module, images: torch.Tensor, flip_index: list[int] | None,
-                     precision: str = "fp32") -> torch.Tensor:
+def predict_heatmaps(model: InferenceModel, images: torch.Tensor, flip_index: list[int] | None) -> torch.Tensor:
     """Last-stack heatmaps [B, J, h, w] in float32; averaged with the flipped input's when flip_index."""
-    heatmaps, flipped = _forward(generator, images, flip_index is not None, precision)
+    heatmaps, flipped = model(images, flip_index is not None)
     return heatmaps if flipped is None else flip_merge(heatmaps, flipped, flip_index)
 
 
 @torch.no_grad()
-def predict_original(generator: torch.nn.Module, images: torch.Tensor, affine: torch.Tensor,
-                     flip_index: list[int] | None, precision: str = "fp32"
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_original(model: InferenceModel, images: torch.Tensor, affine: torch.Tensor,
+                     flip_index: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Keypoints in original-image pixels [B, J, 2] (0-based pixel centres) and confidences [B, J]. With the
     flip test, merge and decode run as one fused kernel on a GPU (models.heatmap.decode_flip_merged)."""
-    heatmaps, flipped = _forward(generator, images, flip_index is not None, precision)
+    heatmaps, flipped = model(images, flip_index is not None)
     coords, confidence = (decode_heatmaps(heatmaps) if flipped is None
                           else decode_flip_merged(heatmaps, flipped, flip_index))
     stride = images.shape[-1] / heatmaps.shape[-1]
@@ -57,16 +47,19 @@ def predict_original(generator: torch.nn.Module, images: torch.Tensor, affine: t
 
 @torch.no_grad()
 def predict_dataset(generator: torch.nn.Module, loader, device: torch.device, skeleton: Skeleton,
-                    flip_test: bool = True, precision: str = "fp32") -> dict[int, np.ndarray]:
-    """Dataset index -> [J, 2] predictions in original pixels, gathered from every rank."""
+                    flip_test: bool = True, precision: str = "fp32", infer: InferConfig | None = None,
+                    channels_last: bool = False, compile_backend: str = "inductor") -> dict[int, np.ndarray]:
+    """Dataset index -> [J, 2] predictions in original pixels, gathered from every rank. G runs as an
+    InferenceModel made for this call (`infer`: folded, one-pass flip, ... as harness.inference says)."""
     was_training = generator.training
     generator.eval()
     out: dict[int, np.ndarray] = {}
     flip_index = skeleton.flip_index if flip_test else None
     try:
+        model = InferenceModel(generator, precision, infer, channels_last, compile_backend)
         for batch in loader:
             images = prepare_batch(batch, device, targets=False)["image"]
-            coords, _ = predict_original(generator, images, batch["affine"], flip_index, precision)
+            coords, _ = predict_original(model, images, batch["affine"], flip_index)
             for i, c in zip(batch["index"].tolist(), coords.cpu().numpy()):
                 out[int(i)] = c
     finally:

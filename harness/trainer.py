@@ -22,7 +22,7 @@ from harness import checkpoint as ckpt
 from harness.build import build_models, wrap_models
 from harness.config import Config
 from harness.data import RunData
-from harness.distributed import Runtime, device_notes, init_runtime
+from harness.distributed import Runtime, device_notes, fix_threads, init_runtime
 from harness.evaluate import PROTOCOL_OF
 from harness.files import write_json
 from harness.graphed_step import WARMUP_STEPS, GraphedStep
@@ -45,8 +45,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.rt: Runtime = init_runtime(cfg.train.device, cfg.distributed.backend)
         t = cfg.train
-        if t.threads:
-            torch.set_num_threads(t.threads)
+        fix_threads(t.threads)
         set_numerics(self.rt.device, t.deterministic)
         if t.precision == "fp16" and self.rt.device.type != "cuda":
             raise UserError("train.precision=fp16 needs a GPU (GradScaler); use bf16 or fp32 on CPU")

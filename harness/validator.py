@@ -34,7 +34,8 @@ class Validator:
         """Validate G at `step`; True on every rank when the score is the best so far."""
         c = self.cfg
         preds = predict_dataset(generator, self.data.val_loader(self.batch_size), self.rt.device, self.data.skeleton,
-                                flip_test=c.train.flip_test, precision=c.train.precision)
+                                flip_test=c.train.flip_test, precision=c.train.precision, infer=c.infer,
+                                channels_last=c.train.channels_last, compile_backend=c.train.compile_backend)
         self.last_step = step
         is_best = False
         if self.rt.is_main:

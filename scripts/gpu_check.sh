@@ -15,9 +15,10 @@
 #                                          # SKIP (a lease of a few minutes); each step's own limit shrinks to fit
 #   --logs DIR                             # where each step's log goes (default /tmp)
 #   --only "GROUP ..."                     # run only these groups (default all): checks speed dali deepspeed
-#                                          # ray kernels e2e train infer data loader compile
-#   --variants "A B"                       # the train and infer suites' variants (default "reference fast"; on a
-#                                          # short lease "reference fast_eager" leaves inductor's compile out)
+#                                          # ray kernels e2e train infer infer_compiled data loader compile
+#   --variants "A B"                       # the train suite's variants (default "reference fast"; on a short
+#                                          # lease "reference fast_eager" leaves inductor's compile out), and the
+#                                          # infer suite's instead of its own list (infer_compiled then skipped)
 #   --only accuracy [--minutes M]          # the LSP time-to-accuracy protocol (issue 24): `bench accuracy --preset
 #                                          # lsp-tta`, sat and none, M training minutes each (default 10, cut to fit
 #                                          # --budget); never part of the default groups. Needs .gpu/lsp-full
@@ -239,6 +240,20 @@ bench() {  # NAME LIMIT ARGS...: one suite, its report's files listed
   fi
 }
 
+roofline() {  # NAME: one line per row of the suite's last report: img/s, ms, bytes, bandwidth share
+  local j
+  j=$(grep '^wrote .*\.json' "$LOGS/gpu_check_$1.log" 2>/dev/null | sed 's/^wrote //')
+  [ -n "$j" ] && "$PY" - "$j" <<'EOF2'
+import json, sys
+for r in json.load(open(sys.argv[1]))["rows"]:
+    if r.get("value"):
+        f = lambda k, s="{:.3g}": "-" if r.get(k) is None else s.format(r[k])
+        print(f"  {r['key']}: {r['value']:.1f} img/s, p50 {r['latency_ms']['p50']:.2f} ms, x{f('ratio')} of the first, "
+              f"{(r.get('bytes_per_image') or 0) / 1e9:.3f} GB/img, {f('achieved_tbs_per_device')} TB/s = "
+              f"{f('bandwidth_share', '{:.0%}')} of the datasheet, {f('bandwidth_share_of_copy', '{:.0%}')} of a copy")
+EOF2
+}
+
 # -- issue 22's goals (the first suites: --only "checks speed infer" on a short lease): the compile's cold and warm time (fresh processes), the SAT 4s+1s
 # step at batch 128 and at the paper's 6 per device, eager bf16 against regional inductor and the CUDA-graph step,
 # all in this run; then one GOAL line per goal (informational: a missed goal is not a failed check) ----------------
@@ -260,6 +275,7 @@ if want speed; then
     bench "train_b$b" 300 train --preset lsp-sat-4s data.name=synthetic "${SPEED[@]}" train.batch_size="$b" \
       --input resident --variants fast_eager fast fast_graphs "${SPEED_RUN[@]}" \
       --label "sat-4s-1s-b$b$( [ "$DRY" = 1 ] && echo -dry )"
+    roofline "train_b$b"
   done
   "$PY" - "$DRY" "$(for n in compile_step "train_b$B_BIG" "train_b$B_PAPER"; do grep -o '^wrote .*\.json' \
       "$LOGS/gpu_check_$n.log" 2>/dev/null | sed 's/^wrote //' || echo -; done | tr '\n' ' ')" <<'EOF2'
@@ -321,8 +337,11 @@ fi
 fi
 
 # -- benchmark suites ---------------------------------------------------------------------------------------
-want train && bench train 300 train --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" --input resident --variants "${VARIANTS[@]}" \
-  "${RUN[@]}" --label "sat-4s-1s$( [ "$DRY" = 1 ] && echo -dry )"
+if want train; then
+  bench train 300 train --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" --input resident --variants "${VARIANTS[@]}" \
+    "${RUN[@]}" --label "sat-4s-1s$( [ "$DRY" = 1 ] && echo -dry )"
+  roofline train
+fi
 # -- Triton kernels against torch ---------------------------------------------------------------------------
 if want kernels; then
 if [ "$DRY" = 1 ]; then
@@ -361,9 +380,37 @@ EOF2
 fi
 fi
 
-# -- inference and the loader ------------------------------------------------------------------------------
-want infer && bench infer 180 infer --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" --variants "${VARIANTS[@]}" --batch-sizes "${BS[@]}" \
-  "${RUN[@]}" --label "g-4s$( [ "$DRY" = 1 ] && echo -dry )"
+# -- inference (issue 22 item 5): G 4-stack with and without flip at batch 1 (latency) to 256, bf16 against fp32,
+# each step of the fast path against the eager reference in the same run: `infer` eager (folded BatchNorm, the
+# flip test as one doubled forward, bf16 weights instead of autocast, CUDA graphs per shape), `infer_compiled`
+# the compiled ones (inductor, reduce-overhead graphs; two compiles per variant: a static and a symbolic batch).
+# Goals: batch 256 + flip >= 3,000 img/s on an H100 (4,300 on an H200); batch 1 + flip <= 5 ms; bf16 >= fp32
+BF16=train.precision=bf16,train.channels_last=true
+FP32=train.precision=fp32,train.channels_last=false
+OLD=infer.fold_batchnorm=false,infer.one_pass_flip=false,infer.cast_weights=false
+if [ "$DRY" = 1 ]; then
+  INFER=(reference folded_1pass "bf16_graphs:$BF16,infer.cuda_graphs=true")
+  INFER_C=(reference "bf16_compiled_graphs:$BF16,infer.compile=true,infer.cuda_graphs=true,train.compile_backend=aot_eager")
+  INFER_RUN=("${RUN[@]}")
+else
+  INFER=(reference "bf16_unfolded:$BF16,$OLD" "fp32_folded:$FP32" "bf16_folded:$BF16" "fp32_graphs:$FP32,infer.cuda_graphs=true"
+         "bf16_graphs:$BF16,infer.cuda_graphs=true")
+  INFER_C=(reference "bf16_folded:$BF16" "fp32_compiled_graphs:$FP32,infer.compile=true,infer.cuda_graphs=true"
+           "bf16_compiled_graphs:$BF16,infer.compile=true,infer.cuda_graphs=true")
+  INFER_RUN=(--steps 5 --warmup 3 --repeats 2)
+fi
+# shellcheck disable=SC2206  # the variant names are words
+[ -n "$VARIANTS_ARG" ] && INFER=($VARIANTS_ARG) && INFER_C=()
+if want infer; then
+  bench infer 300 infer --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" --variants "${INFER[@]}" --batch-sizes "${BS[@]}" \
+    "${INFER_RUN[@]}" --label "g-4s$( [ "$DRY" = 1 ] && echo -dry )"
+  roofline infer
+fi
+if want infer_compiled && [ ${#INFER_C[@]} -gt 0 ]; then
+  bench infer_compiled 480 infer --preset lsp-sat-4s "${DATA[@]}" "${SIZE[@]}" --variants "${INFER_C[@]}" --batch-sizes "${BS[@]}" \
+    "${INFER_RUN[@]}" --label "g-4s-compiled$( [ "$DRY" = 1 ] && echo -dry )"
+  roofline infer_compiled
+fi
 if want data && [ "${DATA[0]}" = data.name=synthetic ]; then
   say SKIP "bench data" "the loader suite reads image files: no .gpu/lsp"
 elif want data; then  # the torch loader on this host's cores

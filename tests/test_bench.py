@@ -63,6 +63,16 @@ def test_bench_train(tmp_path):
         assert 0 < r["mfu"] <= 1 and r["peak"]["tflops"] > 0
         assert r["achieved_tflops_per_device"] == pytest.approx(r["flops_per_image"] * r["value"] / 1e12)
     assert rows["reference"]["flops_per_image"] == rows["bf16"]["flops_per_image"]
+    for r in rows.values():  # the roofline: bytes per image, no bandwidth share on a CPU (unknown)
+        assert r["bytes_per_image"] == pytest.approx(r["bytes_per_image_marginal"] + r["bytes_fixed_per_call"] / 4)
+        assert r["bytes_per_image"] == pytest.approx(sum(r["bytes_by_kind"].values()))
+        assert r["achieved_tbs_per_device"] == pytest.approx(r["bytes_per_image"] * r["value"] / 1e12)
+        assert r["bandwidth_share"] is None and r["bandwidth"]["source"].startswith("CPU: unknown")
+        shares = {k: v["share"] for k, v in r["time_by_kind"]["by_kind"].items()}
+        assert sum(shares.values()) == pytest.approx(1.0) and shares["convolution"] > 0
+    # bf16 activations: fewer bytes than fp32 per image (the casts of the weights are fixed per step)
+    assert rows["bf16"]["bytes_per_image_marginal"] < rows["reference"]["bytes_per_image_marginal"]
+    assert "Time by op kind" in (tmp_path / next(tmp_path.glob("*_train_*.md")).name).read_text()
 
 
 def test_bench_train_resident_and_unavailable_variant(tmp_path, monkeypatch):
@@ -103,11 +113,24 @@ def test_variants_resolve_and_refuse_unknown_keys():
 
 
 def test_bench_infer(tmp_path):
-    assert main(["bench", "infer", *TINY, "--batch-sizes", "1", "2", *RUN, "--out", str(tmp_path)]) == 0
+    assert main(["bench", "infer", *TINY, "--batch-sizes", "1", "2", *RUN, "--out", str(tmp_path),
+                 "--variants", "unfolded", "folded_1pass", "--peak-gbps", "50"]) == 0
     rows = _report(tmp_path, "infer")["rows"]
-    assert {(r["batch_size"], r["flip"]) for r in rows} == {(1, False), (1, True), (2, False), (2, True)}
+    assert {(r["variant"], r["batch_size"], r["flip"]) for r in rows} == \
+        {(v, b, f) for v in ("unfolded", "folded_1pass") for b in (1, 2) for f in (False, True)}
     for r in rows:
-        assert r["value"] > 0 and _ordered(r["latency_ms"]) and r["ratio"] == 1.0
+        assert r["value"] > 0 and _ordered(r["latency_ms"])
+        assert (r["ratio"] == 1.0) == (r["variant"] == "unfolded")
+        assert r["flops_per_image"] > 0 and 0 < r["mfu"] <= 1
+        assert r["bandwidth_share"] == pytest.approx(r["achieved_tbs_per_device"] / 0.05)
+        assert ("time_by_kind" in r) == (r["batch_size"] == 2 and r["flip"])
+    by = {(r["variant"], r["batch_size"], r["flip"]): r for r in rows}
+    for v in ("unfolded", "folded_1pass"):  # the flip test doubles the work
+        assert by[v, 2, True]["flops_per_image"] == 2 * by[v, 2, False]["flops_per_image"]
+    # folding removes BatchNorm traffic (the residuals' first BatchNorms stay)
+    folded, unfolded = by["folded_1pass", 2, False]["bytes_by_kind"], by["unfolded", 2, False]["bytes_by_kind"]
+    assert 0 < folded["batchnorm"] < unfolded["batchnorm"]
+    assert by["folded_1pass", 2, False]["bytes_per_image"] < by["unfolded", 2, False]["bytes_per_image"]
 
 
 def test_bench_data_on_real_lsp(tmp_path, lsp_root):
@@ -268,7 +291,7 @@ def test_gpu_check_dry_mode(tmp_path):
     for name in ("dependencies", "step sat bf16", "step cgan bf16", "step none bf16", "compile (aot_eager)",
                  "checkpoint round trip", "deterministic", "gloo all_reduce", "batchnorm CrossRankBatchNorm2d",
                  "bench train", "bench infer", "bench kernels", "kernel decode", "e2e train", "e2e eval",
-                 "bench train_resident", "bench train_loader", "compiled step",
+                 "bench train_resident", "bench train_loader", "compiled step", "bench infer_compiled",
                  # issue 23's groups: DALI (CPU mode), DeepSpeed (gloo, bf16), Ray (CPU trials), DALI-fed step
                  "dali decode+warp LSP JPEGs", "dali decode+warp 320x180 JPEGs", "dali parity on cpu",
                  "dali bad files skipped on cpu", "dali bad file raised on cpu", "deepspeed zero0 bf16",
@@ -281,5 +304,38 @@ def test_gpu_check_dry_mode(tmp_path):
     for goal in ("cold compile of the step", "warm compile of the step", "SAT 4s+1s step, batch >= 128",
                  "SAT step at the paper's batch 6"):
         assert f"GOAL {goal}" in out and f"GOAL {goal}: not measured" not in out, (goal, out[-4000:])
+    assert "  bf16_compiled_graphs/bs4/flip: " in out and " GB/img, " in out  # the roofline lines
     suites = {p.name.split("_")[1] for p in tmp_path.glob("*.json")}  # + data where .gpu/lsp holds real images
     assert suites - {"data"} == {"train", "infer", "kernels", "dali", "compile"}, suites
+
+
+# A DataLoader that pins memory (on CUDA) starts a thread that calls torch.set_num_threads(1); torch's thread
+# count is read lazily, once per thread, from the process-wide value that call overwrites. On the GPU the main
+# thread had done no CPU work yet when the loader started; the probe stands in for the pinning thread at that
+# point (the run's data just built, before any model: on CPU, building one reads the thread count).
+_PINNING_PROBE = """
+import sys, threading, torch
+import harness.data as data
+from harness.cli import main
+orig = data.RunData.__init__
+def init(self, *a, **k):
+    orig(self, *a, **k)
+    t = threading.Thread(target=torch.set_num_threads, args=(1,))
+    t.start(); t.join()
+data.RunData.__init__ = init
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_bench_train_keeps_its_threads_when_a_loader_thread_sets_one(tmp_path):
+    """The H100's `bench train` ran with 1 torch thread (2026-11-27): the loader's pin-memory thread set it
+    before the main thread first read its count. fix_threads reads and sets it up front."""
+    tiny = [t for t in TINY if not t.startswith("train.threads")]
+    args = ["bench", "train", *tiny, "--steps", "1", "--warmup", "0", "--repeats", "1", "--formats", "json",
+            "--out", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", _PINNING_PROBE, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(next(tmp_path.glob("*_train_*.json")).read_text())
+    assert report["machine"]["torch_threads"] == 2

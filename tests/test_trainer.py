@@ -151,6 +151,13 @@ def test_train_eval_predict_cli(tmp_path, lsp_root):
     assert res.returncode == 0, res.stderr
     result = json.loads(res.stdout)
     assert result["count"] == 8 and set(result["groups"]) >= {"Head", "Mean"}
+    # G as evaluation ran it before BatchNorm folding and the one-pass flip test: the same scores
+    res = run_cli("eval", "--checkpoint", str(best), "--json", "--infer", "fold_batchnorm=false",
+                  "--infer", "one_pass_flip=false", "--infer", "cast_weights=false")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == result
+    res = run_cli("eval", "--checkpoint", str(best), "--infer", "fold=false")
+    assert res.returncode == 2 and "unknown key 'infer.fold'" in res.stderr
     import scipy.io
     assert scipy.io.loadmat(tmp_path / "p.mat")["preds"].shape == (8, 14, 2)
     image = lsp_root / "images" / "im0001.jpg"

@@ -51,6 +51,29 @@ def gpu_entry(name: str) -> dict[str, float] | None:
     return None
 
 
+# A device-to-device copy through PyTorch (bytes read + written) on this workplace's lent machines: what memory-
+# bound kernels can reach in practice, beside the datasheet figure (/work/.library/device/KINDS.md: H100 80GB
+# HBM3 2026-11-13 "about 3.0 TB/s"; H200 2026-10-28 and 2026-11-04 "about 4.3 TB/s").
+MEASURED_COPY_TBS: tuple[tuple[tuple[str, ...], float], ...] = ((("H100", "HBM3"), 3.0), (("H200",), 4.3))
+
+
+def bandwidth(device: torch.device, override_gbps: float | None = None) -> dict:
+    """{"tbs", "copy_tbs", "source"}: the memory bandwidth a step's bytes are held against. GPUs: the datasheet
+    table (GPU_PEAKS), with the copy rate measured on such a machine where one is known; CPUs: unknown (None)
+    unless given (--peak-gbps), since a single process's copy does not measure a shared machine's bandwidth."""
+    if override_gbps:
+        return {"tbs": override_gbps / 1e3, "copy_tbs": None, "source": "--peak-gbps"}
+    if device.type != "cuda":
+        return {"tbs": None, "copy_tbs": None, "source": "CPU: unknown (pass --peak-gbps)"}
+    name = torch.cuda.get_device_name(device)
+    upper = name.upper()
+    tbs = (gpu_entry(name) or {}).get("tbs")
+    copy = next((v for keys, v in MEASURED_COPY_TBS if all(k in upper for k in keys)), None)
+    source = (f"datasheet table (harness/bench/peaks.py) for {name}" if tbs else f"no table entry for {name}: "
+              "pass --peak-gbps") + (f"; a device copy measured {copy} TB/s on such a machine" if copy else "")
+    return {"tbs": tbs, "copy_tbs": copy, "source": source}
+
+
 _measured: dict[tuple, float] = {}  # the best rate seen in this process, per measurement
 
 

@@ -25,7 +25,7 @@ from harness.bench.suite_train import VariantRun, host_batches
 from harness.bench.timing import sync
 from harness.bench.variants import resolve
 from harness.data import RunData
-from harness.distributed import init_runtime
+from harness.distributed import fix_threads, init_runtime
 from harness.step import synchronized_step
 
 
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = [v for v in resolve(args.variants, args.preset, args.config_file, args.overrides) if v.cfg]
     cfg = variants[0].cfg
     rt = init_runtime(cfg.train.device, cfg.distributed.backend)
+    fix_threads(cfg.train.threads)
     data = RunData(cfg, rt.rank, rt.world_size)
     host = next(host_batches(data, cfg.train.batch_size))
     tmp = tempfile.TemporaryDirectory(prefix="satpose-profile-")

@@ -41,6 +41,13 @@ def _est(e, unit: str = "") -> str:
     return f"{e['mean']:.2f} ± {e['ci95']:.2f}{unit} (n={e['n']})"
 
 
+def _gb(row, key: str = "bytes_per_image") -> str:
+    return _f(row.get(key) and row[key] / 1e9, "{:.4g}")
+
+
+ROOFLINE: list[tuple[str, Callable[[dict], str]]] = [
+    ("GB/img", _gb), ("TB/s/dev", lambda r: _f(r.get("achieved_tbs_per_device"), "{:.3f}")),
+    ("of BW", lambda r: _f(r.get("bandwidth_share"), "{:.1%}"))]
 Column = tuple[str, Callable[[dict], str]]
 COLUMNS: dict[str, list[Column]] = {
     "train": [("variant", lambda r: r["variant"] + (f" ({r['note']})" if r.get("note") else "")),
@@ -50,12 +57,14 @@ COLUMNS: dict[str, list[Column]] = {
               ("step ms p50/p90/p99", _lat), ("data wait", lambda r: _f(r.get("data_wait_share"), "{:.0%}")),
               ("GFLOP/img", lambda r: _f(r.get("flops_per_image") and r["flops_per_image"] / 1e9)),
               ("TFLOP/s/dev", lambda r: _f(r.get("achieved_tflops_per_device"), "{:.3f}")),
-              ("MFU", lambda r: _f(r.get("mfu"), "{:.1%}")),
+              ("MFU", lambda r: _f(r.get("mfu"), "{:.1%}")), *ROOFLINE,
               ("peak MiB", lambda r: _f(r.get("peak_memory_mb"), "{:.0f}")),
               ("warm-up s", lambda r: _f(r.get("warmup_s")))],
     "infer": [("variant", lambda r: r["variant"]), ("batch", lambda r: str(r["batch_size"])),
               ("flip", lambda r: "yes" if r["flip"] else "no"), ("img/s (min-max)", _spread),
               ("x first", lambda r: _f(r.get("ratio"), "{:.2f}")), ("batch ms p50/p90/p99", _lat),
+              ("GFLOP/img", lambda r: _f(r.get("flops_per_image") and r["flops_per_image"] / 1e9)),
+              ("MFU", lambda r: _f(r.get("mfu"), "{:.1%}")), *ROOFLINE,
               ("warm-up s", lambda r: _f(r.get("warmup_s")))],
     "data": [("variant", lambda r: r["key"]), ("samples per CPU-second", lambda r: _f(r["value"])),
              ("samples/s (wall)", lambda r: _f(r.get("wall_per_s"))),
@@ -136,7 +145,35 @@ def markdown(report: dict) -> str:
     lines += ["| " + " | ".join(fn(r) for _, fn in cols) + " |" for r in report["rows"]]
     lines += SECTIONS.get(report["suite"], lambda _: [])(report)
     lines += [""] + [f"- {n}" for n in report.get("notes", [])]
+    lines += kinds_tables(report["rows"])
     return "\n".join(lines) + "\n"
+
+
+def kinds_tables(rows: list[dict]) -> list[str]:
+    """Markdown: each profiled row's time by op kind (share of the profiled time, ms per call) and its bytes per
+    image by op kind (harness.bench.traffic)."""
+    from harness.bench.traffic import KINDS
+
+    lines = []
+    timed = [r for r in rows if r.get("time_by_kind")]
+    if timed:
+        lines += ["", "## Time by op kind (torch.profiler, untimed calls after the repeats)", "",
+                  "| row | clock | ms/call | " + " | ".join(KINDS) + " | top ops (ms) |",
+                  "|" + "---|" * (len(KINDS) + 4)]
+        for r in timed:
+            t = r["time_by_kind"]
+            top = ", ".join(f"{n} {ms:.2f}" for n, ms, _ in t["top_ops"][:4])
+            lines.append(f"| {r['key']} | {t['clock'].split(' ')[0]} | {t['ms_per_call']:.2f} | "
+                         + " | ".join(f"{t['by_kind'][k]['share']:.0%}" for k in KINDS) + f" | {top} |")
+    counted = [r for r in rows if r.get("bytes_by_kind")]
+    sizes = [r["batch_size"] for r in counted if isinstance(r.get("batch_size"), int)]
+    counted = [r for r in counted if not sizes or r.get("batch_size") == max(sizes)]  # infer: the largest batch
+    if counted:
+        lines += ["", "## Bytes per image by op kind (GB, eager-kernel traffic model)", "",
+                  "| row | total | " + " | ".join(KINDS) + " |", "|" + "---|" * (len(KINDS) + 2)]
+        lines += [f"| {r['key']} | {r['bytes_per_image'] / 1e9:.4g} | "
+                  + " | ".join(f"{r['bytes_by_kind'][k] / 1e9:.4g}" for k in KINDS) + " |" for r in counted]
+    return lines
 
 
 def print_table(report: dict) -> None:

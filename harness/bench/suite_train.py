@@ -9,7 +9,10 @@ update (k_t), the sinks' per-step call (so telemetry on vs off is a variant). In
 img/s: images of all ranks / wall seconds; compute img/s leaves the data wait out. Latency: per step, from
 CUDA events on a GPU. FLOPs: one step of this rank counted by FlopCounterMode on the meta device (the same
 train_step on the same models, shapes only; see FLOP_CONVENTION), per image; achieved TFLOP/s and MFU per
-device against harness.bench.peaks.
+device against harness.bench.peaks. Bytes: one train_step counted by harness.bench.traffic (eager-kernel traffic,
+on fresh eager models of the variant on the run's device), per image, with the rate they imply and its share of
+the device's memory bandwidth. Time by op kind: 2 untimed steps per variant under torch.profiler, after the
+timed repeats.
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from data_pipelines.errors import UserError
-from harness.bench.peaks import peak, sample_cpu_peak
+from harness.bench.peaks import bandwidth, peak, sample_cpu_peak
 from harness.bench.timing import StepClock, interleave, percentiles, spread, sync
+from harness.bench.traffic import TRAFFIC_MODEL, bytes_per_image, profile_kinds, roofline
 from harness.bench.variants import Variant
 from harness.build import build_models, wrap_models
 from harness.config import Config, config_from_dict
 from harness.data import RunData
-from harness.distributed import Runtime, init_runtime
+from harness.distributed import Runtime, fix_threads, init_runtime
 from harness.graphed_step import GraphedStep
 from harness.graphed_step import refusal as graph_refusal
 from harness.objectives import build_objective
@@ -61,6 +65,32 @@ def step_flops(cfg: Config, num_joints: int, torso, micro_batch: int) -> int:
     with FlopCounterMode(display=False) as counter:
         train_step([batch] * c.train.grad_accum, hg, hd, build_objective(c, torso, meta), "fp32")
     return int(counter.get_total_flops())
+
+
+def step_bytes(cfg: Config, num_joints: int, torso, micro_batch: int, device: torch.device) -> dict:
+    """Bytes per image one train_step moves at `micro_batch` (harness.bench.traffic.TRAFFIC_MODEL), counted on
+    `device` on fresh eager models of this variant (its precision, memory format and optimizer kernels; never
+    compiled), at batch 2 and 4 (one micro-batch, one rank)."""
+    d = cfg.to_dict()
+    d["train"].update(compile=False, grad_accum=1)
+    d["distributed"].update(strategy="ddp", sync_batchnorm=False)
+    c = config_from_dict(d, "bench bytes")
+    rt = Runtime(device=device)
+    s, h = c.data.input_size, c.data.heatmap_size
+
+    def prepare(b: int):
+        g, dis = build_models(c, num_joints, rt)
+        hg, hd = wrap_models(c, rt, g, dis, b)
+        gen = torch.Generator(device).manual_seed(0)
+        batch = {"image": torch.randn(b, 3, s, s, device=device, generator=gen),
+                 "heatmaps": torch.rand(b, num_joints, h, h, device=device, generator=gen),
+                 "target_weight": torch.ones(b, num_joints, device=device)}
+        if c.train.channels_last:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        objective = build_objective(c, torso, device)
+        return lambda: train_step([batch], hg, hd, objective, c.train.precision)
+
+    return bytes_per_image(prepare, micro_batch)
 
 
 class VariantRun:
@@ -111,7 +141,7 @@ def host_batches(data: RunData, micro_batch: int) -> Iterator[dict]:
 
 
 def run(variants: list[Variant], steps: int, warmup: int, repeats: int, input_mode: str,
-        peak_tflops: float | None) -> dict:
+        peak_tflops: float | None, peak_gbps: float | None = None, profile: bool = True) -> dict:
     """The suite's results: {"rows", "runtime", "peak", "settings", ...} (rank 0; {} on other ranks)."""
     usable = [v for v in variants if v.cfg is not None]
     if not usable:
@@ -121,8 +151,7 @@ def run(variants: list[Variant], steps: int, warmup: int, repeats: int, input_mo
         if v.cfg.data != cfg0.data or v.cfg.train.batch_size != cfg0.train.batch_size:
             raise UserError(f"variant {v.name}: data and batch settings must be the same in every variant")
     rt = init_runtime(cfg0.train.device, cfg0.distributed.backend)
-    if cfg0.train.threads:
-        torch.set_num_threads(cfg0.train.threads)
+    fix_threads(cfg0.train.threads)
     t = cfg0.train
     if t.batch_size % (rt.world_size * t.grad_accum):
         raise UserError(f"train.batch_size ({t.batch_size}) must be divisible by world size x grad_accum")
@@ -174,6 +203,10 @@ def run(variants: list[Variant], steps: int, warmup: int, repeats: int, input_mo
         return timed
 
     results = interleave({name: block(r) for name, r in runs.items()}, repeats)
+    kinds = {}  # where each variant's time goes, by op kind: 2 more steps under the profiler, after the timing
+    for name, r in runs.items():
+        if profile:
+            kinds[name] = profile_kinds(lambda r=r: r.step(_micro(r, host, t.grad_accum), 0.0), 2, rt.device)
     for r in runs.values():
         r.sinks.close()
     tmp.cleanup()
@@ -184,9 +217,11 @@ def run(variants: list[Variant], steps: int, warmup: int, repeats: int, input_mo
     for name, res in results.items():
         r = runs[name]
         flops = step_flops(r.cfg, data.skeleton.num_joints, data.skeleton.torso, micro_batch)
-        rows.append(_row(r, res, flops / (micro_batch * t.grad_accum), rt, peak(rt.device, r.cfg.train.precision,
-                                                                                    peak_tflops),
-                         setup_s[name], warmup_s[name]))
+        row = _row(r, res, flops / (micro_batch * t.grad_accum), rt, peak(rt.device, r.cfg.train.precision,
+                                                                          peak_tflops), setup_s[name], warmup_s[name])
+        traffic = step_bytes(r.cfg, data.skeleton.num_joints, data.skeleton.torso, micro_batch, rt.device)
+        rows.append({**row, **roofline(traffic, row["images_per_s_per_device"], bandwidth(rt.device, peak_gbps)),
+                     "time_by_kind": kinds.get(name)})
     for v in variants:
         if v.name not in runs:
             rows.append({"key": v.name, "variant": v.name, "value": None, "unavailable": v.unavailable,
@@ -195,11 +230,13 @@ def run(variants: list[Variant], steps: int, warmup: int, repeats: int, input_mo
     for x in rows:
         x["ratio"] = x["value"] / first if x["value"] and first else None
     peaks = {r["peak"]["dtype"]: r["peak"] for r in rows if r.get("peak")}
-    notes = [f"FLOPs: {FLOP_CONVENTION}"] + [f"peak {k}: {_tf(p['tflops'])} TFLOP/s ({p['source']})"
-                                             for k, p in peaks.items()]
+    notes = [f"FLOPs: {FLOP_CONVENTION}", f"bytes: {TRAFFIC_MODEL}; counted per train_step (G and D, forward, "
+             "backward, optimizers) on fresh eager copies of each variant at batch 2 and 4, per image at the run's "
+             "micro-batch", f"memory bandwidth: {bandwidth(rt.device, peak_gbps)['source']}"]
+    notes += [f"peak {k}: {_tf(p['tflops'])} TFLOP/s ({p['source']})" for k, p in peaks.items()]
     out = {"rows": rows, "notes": notes, "runtime": {"world_size": rt.world_size, "device": str(rt.device),
                                      "micro_batch": micro_batch, "global_batch": t.batch_size},
-           "config": cfg0.to_dict(), "flop_convention": FLOP_CONVENTION,
+           "config": cfg0.to_dict(), "flop_convention": FLOP_CONVENTION, "traffic_model": TRAFFIC_MODEL,
            "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     rt.shutdown()
     return out

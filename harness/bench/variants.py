@@ -17,13 +17,26 @@ from harness.config import Config, load_config, parse_override
 FAST_KEYS = ("train.compile", "train.channels_last", "train.fused_optimizer")
 # may be missing from an older config: "unavailable"
 OPTIONAL_KEYS = (*FAST_KEYS, "train.deterministic", "train.cuda_graphs")
+# Inference (issue 22 item 5; `bench infer`, eval, predict): the path before it had switches, and each switch.
+INFER_OFF = ("infer.fold_batchnorm=false", "infer.one_pass_flip=false", "infer.cast_weights=false",
+             "infer.compile=false", "infer.cuda_graphs=false")
+INFER_EAGER = ("infer.fold_batchnorm=true", "infer.one_pass_flip=true", "infer.cast_weights=true",
+               "infer.compile=false", "infer.cuda_graphs=false")  # folded, one-pass flip, weights in bf16/fp16
 VARIANTS: dict[str, tuple[str, ...]] = {
     "default": (),
-    "reference": ("train.precision=fp32", *(f"{k}=false" for k in FAST_KEYS)),
-    "fast": ("train.precision=bf16", *(f"{k}=true" for k in FAST_KEYS)),
+    "reference": ("train.precision=fp32", *(f"{k}=false" for k in FAST_KEYS), *INFER_OFF),
+    "fast": ("train.precision=bf16", *(f"{k}=true" for k in FAST_KEYS), *INFER_EAGER[:3], "infer.compile=true",
+             "infer.cuda_graphs=true"),
+    "fast_graphs": ("train.precision=bf16", *(f"{k}=true" for k in FAST_KEYS), *INFER_EAGER[:3], "infer.compile=true",
+                    "infer.cuda_graphs=true", "train.cuda_graphs=true"),  # fast, the training step as one CUDA graph
     "fast_eager": ("train.precision=bf16", "train.compile=false", "train.channels_last=true",
-                   "train.fused_optimizer=true"),  # fast without inductor's compile time
-    "fast_graphs": ("train.precision=bf16", *(f"{k}=true" for k in FAST_KEYS), "train.cuda_graphs=true"),
+                   "train.fused_optimizer=true", *INFER_EAGER),  # fast without inductor's compile time
+    "unfolded": INFER_OFF,  # inference as it ran before the switches (eager, autocast, two flip passes)
+    "folded": ("infer.fold_batchnorm=true", *INFER_OFF[1:]),
+    "folded_1pass": INFER_EAGER,  # eval's default
+    "infer_graphs": (*INFER_EAGER[:4], "infer.cuda_graphs=true"),  # eager, captured per shape
+    "infer_compiled": (*INFER_EAGER[:3], "infer.compile=true", "infer.cuda_graphs=false"),
+    "infer_compiled_graphs": (*INFER_EAGER[:3], "infer.compile=true", "infer.cuda_graphs=true"),
     "fp32": ("train.precision=fp32",),
     "bf16": ("train.precision=bf16",),
     "fp16": ("train.precision=fp16",),

@@ -19,8 +19,10 @@ from pathlib import Path
 
 from data_pipelines.errors import UserError
 
-SUITES = {"train": "the training step (G and D) per variant: img/s, latency, data wait, FLOPs, MFU",
-          "infer": "G alone, with and without flip test, over batch sizes: img/s and latency",
+SUITES = {"train": "the training step (G and D) per variant: img/s, latency, data wait, FLOPs, MFU, bytes per "
+                   "image and bandwidth share, time by op kind",
+          "infer": "G alone, with and without flip test, over batch sizes: img/s, latency, bytes per image and "
+                   "bandwidth share, time by op kind",
           "data": "loader throughput per backend and worker count beside decode and decode+warp ceilings",
           "kernels": "every fused op against its torch reference: time, GB/s, bandwidth floor",
           "scaling": "the train suite under torchrun at world sizes 1..N: efficiency vs linear",
@@ -56,6 +58,10 @@ def register(subparsers, name: str) -> None:
     p.add_argument("--kernel-batch", type=int, help="kernels: batch of the cases (default 64; CPU 8)")
     p.add_argument("--world-sizes", type=int, nargs="+", help="scaling: world sizes (default 1..GPUs; CPU 1 2)")
     p.add_argument("--peak-tflops", type=float, help="dense peak per device for MFU, overriding the table")
+    p.add_argument("--peak-gbps", type=float, help="memory bandwidth per device in GB/s for the roofline, "
+                                                   "overriding the table (CPU: unknown without it)")
+    p.add_argument("--no-profile", action="store_true",
+                   help="train, infer: leave out the per-op-kind profile (torch.profiler, untimed calls)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="report folder (default docs/benchmarks)")
     p.add_argument("--formats", nargs="+", default=["json", "md", "png"], choices=("json", "md", "png"))
     p.add_argument("--label", help="name suffix of the report files (default: the preset's name)")
@@ -90,11 +96,13 @@ def run(args) -> int:
     if args.suite == "train":
         from harness.bench import suite_train
 
-        result = suite_train.run(variants, args.steps, args.warmup, args.repeats, args.input, args.peak_tflops)
+        result = suite_train.run(variants, args.steps, args.warmup, args.repeats, args.input, args.peak_tflops,
+                                 args.peak_gbps, not args.no_profile)
     elif args.suite == "infer":
         from harness.bench import suite_infer
 
-        result = suite_infer.run(variants, args.steps, args.warmup, args.repeats, args.batch_sizes)
+        result = suite_infer.run(variants, args.steps, args.warmup, args.repeats, args.batch_sizes, args.peak_gbps,
+                                 not args.no_profile)
     elif args.suite == "data":
         from harness.bench import suite_data
 

@@ -1,4 +1,5 @@
-"""`python -m harness eval --checkpoint PATH [--data NAME --data-root DIR] [--no-flip] [--json] [--preds-out FILE]`
+"""`python -m harness eval --checkpoint PATH [--data NAME --data-root DIR] [--no-flip] [--json] [--preds-out FILE]
+[--infer KEY=VALUE ...]`
 
 Scores a checkpoint's generator on the held-out split with the official protocols (PCKh on MPII, PCK@0.2
 on LSP-layout data, keypoint AP by pycocotools' COCOeval on COCO, one pose per ground-truth box) and can
@@ -28,6 +29,9 @@ def register(sub, name: str) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where G runs (auto: a GPU when one is visible)")
     p.add_argument("--preds-out", help="write predictions (.mat with variable `preds`, or .npy)")
+    p.add_argument("--infer", action="append", default=[], metavar="KEY=VALUE",
+                   help="how G runs, overriding the checkpoint's infer.* (harness/inference.py), e.g. --infer "
+                        "compile=true --infer cuda_graphs=true; repeatable")
     p.set_defaults(func=run)
 
 
@@ -40,7 +44,7 @@ def run(args) -> int:
     from harness import checkpoint as ckpt
     from harness import metrics
     from harness.build import build_generator
-    from harness.config import config_from_dict
+    from harness.config import config_from_dict, parse_override
     from harness.data import RunData
     from harness.evaluate import predict_dataset, score_records
     from harness.precision import param_dtype
@@ -53,7 +57,12 @@ def run(args) -> int:
         data["root"] = args.data_root
     if args.split:
         data["val_split"] = args.split
-    cfg = config_from_dict({**state["config"], "data": data}, where=f"{args.checkpoint} + --data")
+    infer = dict(state["config"].get("infer", {}))
+    for item in args.infer:
+        keys, value = parse_override(f"infer.{item}")
+        infer[keys[-1]] = value
+    cfg = config_from_dict({**state["config"], "data": data, "infer": infer},
+                           where=f"{args.checkpoint} + --data / --infer")
     run_data = RunData(cfg, train=False)
     skeleton, records = run_data.skeleton, run_data.val_records
     generator = build_generator(cfg, skeleton.num_joints)
@@ -69,7 +78,9 @@ def run(args) -> int:
     precision = cfg.train.precision if device.type == "cuda" or cfg.train.precision == "fp64" else "fp32"
     generator.to(device, param_dtype(precision))  # weights in the dtype the images are fed in
     preds = predict_dataset(generator, run_data.val_loader(args.batch_size), device, skeleton,
-                            flip_test=not args.no_flip, precision=precision)
+                            flip_test=not args.no_flip, precision=precision, infer=cfg.infer,
+                            channels_last=cfg.train.channels_last and device.type == "cuda",
+                            compile_backend=cfg.train.compile_backend)
     try:  # COCO: keypoint AP against the split's annotation file
         result = score_records(records, preds, cfg.data.name, coco_annotations=run_data.val_annotations)
     except ValueError as exc:

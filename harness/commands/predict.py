@@ -37,6 +37,7 @@ def run(args) -> int:
     from harness.build import build_generator
     from harness.config import config_from_dict
     from harness.evaluate import predict_original
+    from harness.inference import InferenceModel
 
     state = ckpt.load(args.checkpoint)
     cfg = config_from_dict(state["config"], where=args.checkpoint)
@@ -44,6 +45,7 @@ def run(args) -> int:
     generator = build_generator(cfg, skeleton.num_joints)
     generator.load_state_dict(state["generator"])
     generator.eval()
+    model = InferenceModel(generator, "fp32", cfg.infer)  # on the CPU, in fp32
     size = cfg.data.input_size
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -61,7 +63,7 @@ def run(args) -> int:
         batch = {"image": torch.from_numpy(warp_crop(image, affine, size))[None], "color": torch.ones(1, 3),
                  "num_samples": 1}
         images = prepare_batch(batch, "cpu", targets=False)["image"]
-        coords, conf = predict_original(generator, images, torch.from_numpy(affine)[None],
+        coords, conf = predict_original(model, images, torch.from_numpy(affine)[None],
                                         None if args.no_flip else skeleton.flip_index)
         coords, conf = coords[0].numpy(), conf[0].numpy()
         stem = Path(image_path).stem
