@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
+from torch import nn
 
 
 def require(module: str, why: str = ""):
@@ -17,3 +19,17 @@ def require(module: str, why: str = ""):
         if os.environ.get("CI"):
             pytest.fail(msg)
         pytest.skip(msg)
+
+
+def randomise_batchnorms(model: nn.Module, seed: int = 0) -> None:
+    """Every BatchNorm2d's running statistics and affine parameters drawn far from (0, 1), in its own dtype:
+    folding or migrating a default BatchNorm proves little."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n, dt = m.num_features, m.running_mean.dtype
+                m.running_mean.copy_(torch.randn(n, generator=gen, dtype=dt) * 0.5)
+                m.running_var.copy_(torch.rand(n, generator=gen, dtype=dt) * 2 + 0.1)
+                m.weight.copy_(torch.randn(n, generator=gen, dtype=dt))
+                m.bias.copy_(torch.randn(n, generator=gen, dtype=dt) * 0.3)

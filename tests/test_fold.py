@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import randomise_batchnorms
 from torch import nn
 
 from models.discriminator import PoseDiscriminator
@@ -12,30 +13,19 @@ from models.fold import count_batchnorms, fold_batchnorm, fold_conv_bn
 from models.hourglass import StackedHourglass
 
 
-def _randomise_batchnorms(model: nn.Module, seed: int = 0) -> None:
-    """Running statistics and affine parameters far from (0, 1): folding a default BatchNorm proves little."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=gen, dtype=torch.float64) * 0.5)
-                m.running_var.copy_(torch.rand(n, generator=gen, dtype=torch.float64) * 2 + 0.1)
-                m.weight.copy_(torch.randn(n, generator=gen, dtype=torch.float64))
-                m.bias.copy_(torch.randn(n, generator=gen, dtype=torch.float64) * 0.3)
-
-
-def _drop_biases_before_batchnorm(model: nn.Module) -> int:
-    """The bias-free layout (conv -> BN convolutions without bias), as models without those biases have."""
-    dropped = 0
+def _restore_biases_before_batchnorm(model: nn.Module) -> int:
+    """The reference layout: a random bias on every conv -> BN convolution (the model has none since those biases
+    were dropped; a checkpoint written before still folds them in, models/legacy.py)."""
+    gen = torch.Generator().manual_seed(7)
+    restored = 0
     for m in model.modules():
         if isinstance(m, nn.Sequential):
             kids = list(m)
             for a, b in zip(kids, kids[1:]):
-                if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d) and a.bias is not None:
-                    a.bias = None
-                    dropped += 1
-    return dropped
+                if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d) and a.bias is None:
+                    a.bias = nn.Parameter(torch.randn(a.out_channels, generator=gen, dtype=a.weight.dtype))
+                    restored += 1
+    return restored
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -46,9 +36,9 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_folded_hourglass_equals_the_eval_model_in_float64(biases):
     torch.manual_seed(0)
     g = StackedHourglass(num_stacks=2, num_joints=14, features=32).double()
-    if not biases:
-        assert _drop_biases_before_batchnorm(g) > 0
-    _randomise_batchnorms(g)
+    if biases:
+        assert _restore_biases_before_batchnorm(g) > 0
+    randomise_batchnorms(g)
     g.eval()
     folded = fold_batchnorm(g)
     x = torch.randn(3, 3, 64, 64, dtype=torch.float64)
@@ -65,7 +55,7 @@ def test_folded_hourglass_equals_the_eval_model_in_float64(biases):
 
 def test_fold_leaves_the_model_alone_and_makes_an_eval_copy_without_gradients():
     g = StackedHourglass(num_stacks=1, num_joints=14, features=16).double().train()
-    _randomise_batchnorms(g, seed=1)
+    randomise_batchnorms(g, seed=1)
     before = {k: v.clone() for k, v in g.state_dict().items()}
     folded = fold_batchnorm(g)
     assert g.training and not folded.training
@@ -86,7 +76,7 @@ def test_the_four_stack_generator_folds_125_of_its_185_batchnorms():
 def test_fold_conv_bn_against_the_formula_and_bad_input():
     torch.manual_seed(2)
     conv, bn = nn.Conv2d(4, 6, 3, padding=1).double(), nn.BatchNorm2d(6).double()
-    _randomise_batchnorms(nn.Sequential(bn), seed=3)
+    randomise_batchnorms(nn.Sequential(bn), seed=3)
     bn.eval()
     x = torch.randn(2, 4, 9, 9, dtype=torch.float64)
     s = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # the textbook formula, by hand

@@ -21,6 +21,8 @@ OLD = InferConfig(fold_batchnorm=False, one_pass_flip=False, cast_weights=False)
 
 
 def _randomise_batchnorms(model: nn.Module, seed: int = 0) -> None:
+    """Milder than helpers.randomise_batchnorms (scales near 1): an untrained G whose heatmaps keep sane peaks
+    for the PCK comparisons on real images."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():

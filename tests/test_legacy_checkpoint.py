@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import randomise_batchnorms
 from torch import nn
 
 from harness.checkpoint import upgrade_optimizer_state
@@ -45,19 +46,10 @@ def with_biases(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def randomize_batchnorm(model: nn.Module, seed: int = 1) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen, dtype=m.running_mean.dtype))
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen, dtype=m.running_var.dtype) + 0.5)
-            m.weight.data.copy_(torch.randn(m.num_features, generator=gen, dtype=m.weight.dtype))
-
-
 def test_old_state_dict_folds_into_the_running_mean_exactly_in_fp64():
     torch.manual_seed(0)
     old = with_biases(StackedHourglass(num_stacks=2, num_joints=5, features=16, depth=2).double())
-    randomize_batchnorm(old)
+    randomise_batchnorms(old, seed=1)
     state = old.state_dict()
     assert len(cancelled_bias_keys(state)) > 0
     new = StackedHourglass(num_stacks=2, num_joints=5, features=16, depth=2).double()
@@ -76,7 +68,7 @@ def test_old_state_dict_folds_into_the_running_mean_exactly_in_fp64():
 
 def test_discriminator_folds_under_its_prefix():
     old = with_biases(PoseDiscriminator(num_joints=4, num_stacks=1, features=8).double())
-    randomize_batchnorm(old)
+    randomise_batchnorms(old, seed=1)
     new = PoseDiscriminator(num_joints=4, num_stacks=1, features=8).double()
     new.load_state_dict(old.state_dict())
     h, img = torch.rand(2, 4, 16, 16, dtype=torch.float64), torch.rand(2, 3, 64, 64, dtype=torch.float64)
