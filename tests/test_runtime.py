@@ -251,7 +251,8 @@ def test_paper_presets_require_cuda_and_the_quickstart_does_not(clean_env):
 
     presets = {name: load_config(name, None, []) for name in preset_names()}
     assert presets["quickstart"].train.device == "auto"
-    assert {n for n, c in presets.items() if c.train.device == "cuda"} == set(presets) - {"quickstart"}
+    assert presets["lsp-tta-tiny"].train.device == "cpu"  # the 2-core CPU twin of lsp-tta
+    assert {n for n, c in presets.items() if c.train.device == "cuda"} == set(presets) - {"quickstart", "lsp-tta-tiny"}
     clean_env.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match=r"train.device=cuda but no CUDA device is visible .*add train.device=cpu"):
         distributed.init_runtime(presets["lsp-sat-4s"].train.device)
