@@ -14,7 +14,8 @@ Conventions
   only (FP16_ZERO_REFUSAL).
 - ZeRO stage 0 (plain data parallel) or 1 (optimizer state sharded); 2 and 3 are refused, see
   ZERO_STAGE_REFUSAL.
-- G/D rule: in G's pass call D through `engine.module` with D's parameters frozen (requires_grad False).
+- G/D rule: a pass of D whose output G's gradient is taken through (harness/step.py: autograd.grad to D's
+  input) calls D through `engine.module`, never the engine; any G loss through D keeps D frozen or out of it.
   A stage-0 D engine called as `engine(...)` inside G's loss raises ("Direct calls to tensor.backward()
   are not supported ... ZeRO stage 0"), and an unfrozen D keeps G-loss gradients that the next D step
   adds in silently (stages 0/1) or asserts on ("has already been reduced", stage 1 with overlap_comm).
