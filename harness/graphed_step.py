@@ -26,6 +26,8 @@ import torch
 
 from harness.config import Config
 from harness.distributed import Runtime
+from harness.objectives import NoAdversary
+from harness.step import Model, synchronized_step
 
 WARMUP_STEPS = 3
 CAPTURABLE_OPTIMIZERS = ("adam", "rmsprop")
@@ -49,6 +51,20 @@ def refusal(cfg: Config, rt: Runtime) -> str | None:
     if names - set(CAPTURABLE_OPTIMIZERS):
         return f"optimizer {sorted(names - set(CAPTURABLE_OPTIMIZERS))} is not built capturable; use adam or rmsprop"
     return None
+
+
+def graphed_step(cfg: Config, rt: Runtime, g: Model, d: Model | None, objective: NoAdversary
+                 ) -> tuple[GraphedStep | None, str | None]:
+    """The run's synchronized step as a GraphedStep (with the gradient norms every step: a graph has no per-step
+    switch), or (None, why not); (None, None) where train.cuda_graphs is off. The trainer and `bench train` both
+    build theirs here."""
+    if not cfg.train.cuda_graphs:
+        return None, None
+    why = refusal(cfg, rt)
+    if why is not None:
+        return None, why
+    precision = cfg.train.precision
+    return GraphedStep(lambda micro: synchronized_step(micro, g, d, objective, rt, precision, True), rt.device), None
 
 
 def _copy_into(static: list[dict], micro: list[dict]) -> None:

@@ -25,8 +25,7 @@ from harness.data import RunData
 from harness.distributed import Runtime, device_notes, fix_threads, init_runtime
 from harness.evaluate import PROTOCOL_OF
 from harness.files import write_json
-from harness.graphed_step import WARMUP_STEPS, GraphedStep
-from harness.graphed_step import refusal as graph_refusal
+from harness.graphed_step import WARMUP_STEPS, graphed_step
 from harness.objectives import build_objective
 from harness.optim import lr_at, set_lr
 from harness.precision import set_numerics
@@ -61,14 +60,11 @@ class Trainer:
         self.generator, self.discriminator = build_models(cfg, self.data.skeleton.num_joints, self.rt)
         self.g, self.d = wrap_models(cfg, self.rt, self.generator, self.discriminator, self.micro_batch)
         self.objective = build_objective(cfg, self.data.skeleton.torso, self.rt.device)
-        self.graphed: GraphedStep | None = None
-        if t.cuda_graphs:
-            why = graph_refusal(cfg, self.rt)
-            if why is None:
-                self.graphed = GraphedStep(self._graph_step, self.rt.device)
-                self.sinks.info(f"train.cuda_graphs: the step is captured after {WARMUP_STEPS} eager warm-up steps")
-            else:
-                self.sinks.info(f"train.cuda_graphs: stepping eagerly: {why}")
+        self.graphed, why_not = graphed_step(cfg, self.rt, self.g, self.d, self.objective)
+        if self.graphed is not None:
+            self.sinks.info(f"train.cuda_graphs: the step is captured after {WARMUP_STEPS} eager warm-up steps")
+        elif why_not is not None:
+            self.sinks.info(f"train.cuda_graphs: stepping eagerly: {why_not}")
         self.validator = Validator(cfg, self.data, self.rt, self.sinks, max(self.micro_batch, 8))
         self.preemption = Preemption(self.rt, t.log_every)
         self.ckpts = ckpt.CheckpointManager(self.run_dir / "checkpoints", t.keep_last)
@@ -237,10 +233,6 @@ class Trainer:
             self.time_up = self.rt.any(self.train_time >= 60.0 * t.max_minutes)
         if log_now:
             self._log(reduced, n_img / max(step_s, 1e-9))
-
-    def _graph_step(self, micro: list[dict]) -> dict[str, torch.Tensor]:
-        """The step a CUDA graph records: always with the gradient norms (a graph has no per-step switch)."""
-        return synchronized_step(micro, self.g, self.d, self.objective, self.rt, self.cfg.train.precision, True)
 
     def _log(self, reduced: dict[str, torch.Tensor], images_per_s: float) -> None:
         """The one read-back of device values: every log_every steps."""

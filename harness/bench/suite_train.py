@@ -34,8 +34,7 @@ from harness.build import build_models, wrap_models
 from harness.config import Config, config_from_dict
 from harness.data import RunData
 from harness.distributed import Runtime, fix_threads, init_runtime
-from harness.graphed_step import GraphedStep
-from harness.graphed_step import refusal as graph_refusal
+from harness.graphed_step import graphed_step
 from harness.objectives import build_objective
 from harness.precision import set_numerics
 from harness.sinks import build_sinks
@@ -103,14 +102,10 @@ class VariantRun:
         self.g, self.d = wrap_models(self.cfg, rt, g, d, micro_batch)
         self.objective = build_objective(self.cfg, data.skeleton.torso, rt.device)
         self.sinks = build_sinks(self.cfg, rt.rank, run_dir, interactive=False)
-        self.graphed: GraphedStep | None = None  # train.cuda_graphs: the step as one CUDA graph, as the trainer
-        if self.cfg.train.cuda_graphs:
-            why = graph_refusal(self.cfg, rt)
-            if why is None:
-                self.graphed = GraphedStep(lambda micro: synchronized_step(micro, self.g, self.d, self.objective, rt,
-                                                                           self.cfg.train.precision, True), rt.device)
-            else:
-                v.unavailable.append(f"train.cuda_graphs ({why})")
+        # train.cuda_graphs: the step as one CUDA graph, as the trainer runs it
+        self.graphed, why_not = graphed_step(self.cfg, rt, self.g, self.d, self.objective)
+        if why_not is not None:
+            v.unavailable.append(f"train.cuda_graphs ({why_not})")
         self.steps = 0
         self.resident: list[dict] | None = None  # resident mode: this variant's device batches ...
         self.resident_host: list[dict] | None = None  # ... and the host batches they came from
