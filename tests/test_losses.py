@@ -101,9 +101,11 @@ def test_sat_losses_match_manual_float64():
         sat_losses(D, real, fake, image, 1.5)
 
 
-def _routed(losses_of, D, G, image, real):
-    """The step's routing on one D pass: G's adversarial gradient at D's input (a detached leaf) by
-    autograd.grad, D's parameter gradient from L_D, and the same two by separate passes for comparison."""
+def _check_routing(losses_of, D, G, image, real) -> torch.Tensor:
+    """The step's routing on one D pass (G's adversarial gradient at D's input, a detached leaf, by autograd.grad;
+    D's parameter gradient from L_D) equals the same two by separate passes, and the former is not zero. Returns
+    G's adversarial gradient."""
+    D.zero_grad(set_to_none=True)
     fake = G(image)[-1]
     leaf = fake.detach().requires_grad_()
     t = losses_of(D, real, leaf, image)
@@ -118,7 +120,11 @@ def _routed(losses_of, D, G, image, real):
     fresh = copy.deepcopy(D)
     fresh.zero_grad()
     losses_of(fresh, real, fake.detach(), image).loss_d.backward()
-    return g_fake, g_sep, d_grads, [p.grad for p in fresh.parameters()]
+    torch.testing.assert_close(g_fake, g_sep, atol=1e-7, rtol=1e-5)
+    assert float(g_fake.abs().sum()) > 0
+    for a, b in zip(d_grads, [p.grad for p in fresh.parameters()], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
+    return g_fake
 
 
 def test_sat_gradient_paths():
@@ -137,12 +143,7 @@ def test_sat_gradient_paths():
         torch.testing.assert_close(p.grad, gr - k * gf, atol=1e-6, rtol=1e-4)
     assert all(g is None for g in grads(G)), "the real term must not reach G"
     # one pass routed as the step does = the two separate passes
-    D.zero_grad(set_to_none=True)
-    g_fake, g_sep, d_grads, d_sep = _routed(lambda D_, r, f, x: sat_losses(D_, r, f, x, k), D, G, image, real)
-    torch.testing.assert_close(g_fake, g_sep, atol=1e-7, rtol=1e-5)
-    assert float(g_fake.abs().sum()) > 0
-    for a, b in zip(d_grads, d_sep, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
+    g_fake = _check_routing(lambda D_, r, f, x: sat_losses(D_, r, f, x, k), D, G, image, real)
     # The gradient really passes through D: with D's output detached, G's gradient would differ.
     fake = G(image)[-1]
     direct = torch.autograd.grad(((fake - D(fake.detach(), image).reconstruction.detach()) ** 2).mean(),
@@ -250,11 +251,6 @@ def test_cgan_gradient_paths():
     for p, gr, gf in zip(params, g_real, g_fk):
         torch.testing.assert_close(p.grad, gr + gf, atol=1e-6, rtol=1e-4)
     assert all(g is None for g in grads(G))
-    D.zero_grad(set_to_none=True)
-    g_fake, g_sep, d_grads, d_sep = _routed(lambda D_, r, f, x: cgan_losses(D_, r, f, x, d_fake), D, G, image, real)
-    torch.testing.assert_close(g_fake, g_sep, atol=1e-7, rtol=1e-5)
-    assert float(g_fake.abs().sum()) > 0
-    for a, b in zip(d_grads, d_sep, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
+    _check_routing(lambda D_, r, f, x: cgan_losses(D_, r, f, x, d_fake), D, G, image, real)
 
 
