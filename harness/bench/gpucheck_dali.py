@@ -30,6 +30,7 @@ from data_pipelines.loaders.dali import dali_available, images_per_second, make_
 from data_pipelines.lsp import load_lsp
 from data_pipelines.sampling import Augmentation, BadSampleError
 from data_pipelines.skeletons import LSP
+from harness.bench.gpucheck import FAILED, line
 from harness.files import write_json
 
 TARGET = 8000  # img/s of decode + warp + batch on one H100 (issue 23)
@@ -37,13 +38,6 @@ TARGET = 8000  # img/s of decode + warp + batch on one H100 (issue 23)
 # loader's jpeg_fancy_upsampling=True (the CPU decoder's chroma upsampling, which the hardware decoder may not do)
 HW_LOADS = ({"hw_decoder_load": 0.0}, {}, {"hw_decoder_load": 1.0},
             {"hw_decoder_load": 1.0, "jpeg_fancy_upsampling": False})
-FAILED: list[str] = []
-
-
-def line(status: str, name: str, detail: str) -> None:
-    print(f"{status} {name}: {detail}", flush=True)
-    if status == "FAIL":
-        FAILED.append(name)
 
 
 def default_lsp() -> Path | None:

@@ -20,7 +20,7 @@ import traceback
 
 import torch
 
-from harness.bench.gpucheck import _setup, tiny_config
+from harness.bench.gpucheck import FAILED, _setup, line, tiny_config
 from harness.bench.suite_kernels import rel_error
 from harness.distributed import Runtime
 from harness.objectives import build_objective
@@ -32,13 +32,6 @@ STEPS = 3
 # update over STEPS steps (its norm; the optimizers divide by running gradient magnitudes, so rounding
 # differences of the gradients reach the update at the same relative size).
 TOL = {"bf16": 8 * 2.0 ** -8, "fp16": 8 * 2.0 ** -11}
-FAILED: list[str] = []
-
-
-def line(status: str, name: str, detail: str) -> None:
-    print(f"{status} {name}: {detail}", flush=True)
-    if status == "FAIL":
-        FAILED.append(name)
 
 
 def run(cfg, rt: Runtime) -> tuple[list[dict[str, float]], list[torch.Tensor], list[torch.Tensor], str]:
