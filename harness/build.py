@@ -23,7 +23,7 @@ from models.sync_batchnorm import CrossRankBatchNorm2d, convert_sync_batchnorm
 def build_generator(cfg: Config, num_joints: int) -> StackedHourglass:
     m = cfg.model
     return StackedHourglass(num_stacks=m.stacks, num_joints=num_joints, features=m.features,
-                            num_residual=m.residuals)
+                            num_residual=m.residuals, depth=m.depth)
 
 
 def build_discriminator(cfg: Config, num_joints: int) -> PoseDiscriminator | None:
@@ -32,7 +32,7 @@ def build_discriminator(cfg: Config, num_joints: int) -> PoseDiscriminator | Non
         return None
     c = cfg.discriminator
     return PoseDiscriminator(num_joints=num_joints, num_stacks=c.stacks, features=c.features,
-                             num_residual=c.residuals, conditional=c.conditional)
+                             num_residual=c.residuals, conditional=c.conditional, depth=cfg.model.depth)
 
 
 def build_models(cfg: Config, num_joints: int, rt: Runtime) -> tuple[nn.Module, nn.Module | None]:

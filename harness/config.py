@@ -16,6 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from data_pipelines.errors import UserError
 
+# G's output stride: its stem (models.hourglass.StackedHourglass, stem_stride=4) maps an S x S crop to S/4 x S/4
+# heatmaps. Kept here as a number so that reading a config does not import torch; tests/test_config.py checks
+# it against the model.
+G_STRIDE = 4
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -48,10 +53,7 @@ class DataConfig(_Strict):
     synthetic_seed: int = 0
 
     @model_validator(mode="after")
-    def _sizes(self):
-        if self.input_size % self.heatmap_size:
-            raise ValueError(f"input_size ({self.input_size}) must be a multiple of heatmap_size "
-                             f"({self.heatmap_size})")
+    def _root(self):
         if self.name != "synthetic" and self.root is None:
             raise ValueError(f"data.root is required for data.name={self.name}")
         return self
@@ -61,6 +63,9 @@ class ModelConfig(_Strict):
     stacks: int = Field(4, ge=1)
     features: int = Field(256, ge=8, multiple_of=2)
     residuals: int = Field(1, ge=1, description="residual modules per hourglass location")
+    depth: int = Field(4, ge=1, le=6, description="max-pool levels of each hourglass, G's and D's (D is an "
+                                                  "hourglass of G's architecture); the heatmap side must be a "
+                                                  "multiple of 2^depth")
 
 
 class DiscriminatorConfig(_Strict):
@@ -185,6 +190,18 @@ class Config(_Strict):
     distributed: DistributedConfig = DistributedConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     infer: InferConfig = InferConfig()
+
+    @model_validator(mode="after")
+    def _model_fits_the_crop(self):
+        d, depth = self.data, self.model.depth
+        if d.input_size != G_STRIDE * d.heatmap_size:
+            raise ValueError(f"G maps an input_size crop to input_size / {G_STRIDE} heatmaps: data.input_size "
+                             f"{d.input_size} needs data.heatmap_size {d.input_size / G_STRIDE:g}, not "
+                             f"{d.heatmap_size}")
+        if d.heatmap_size % 2 ** depth:
+            raise ValueError(f"an hourglass of model.depth {depth} halves its input {depth} times: "
+                             f"data.heatmap_size ({d.heatmap_size}) must be a multiple of {2 ** depth}")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -24,12 +24,13 @@ class DiscriminatorOutput(NamedTuple):
 
 class PoseDiscriminator(nn.Module):
     def __init__(self, num_joints: int = 16, num_stacks: int = 1, features: int = 256,
-                 num_residual: int = 1, conditional: bool = True):
+                 num_residual: int = 1, conditional: bool = True, depth: int = 4):
         super().__init__()
         self.num_joints, self.conditional = num_joints, conditional
         self.net = StackedHourglass(num_stacks=num_stacks, num_joints=num_joints, features=features,
                                     num_residual=num_residual,
-                                    in_channels=num_joints + (3 if conditional else 0), stem_stride=1)
+                                    in_channels=num_joints + (3 if conditional else 0), stem_stride=1,
+                                    depth=depth)
 
     def forward(self, heatmaps: torch.Tensor, image: torch.Tensor | None = None) -> DiscriminatorOutput:
         if heatmaps.dim() != 4 or heatmaps.shape[1] != self.num_joints:
