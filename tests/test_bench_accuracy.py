@@ -121,6 +121,28 @@ def test_bench_accuracy_lsp_tta_tiny_reduced(tmp_path, lsp_root):
     assert "mean-pose baseline" in md and "### sat: PCK@0.2 (%) over training" in md
 
 
+def test_bench_accuracy_lsp_tta_tiny_learns_well_past_the_mean_pose(tmp_path, lsp_root):
+    """The whole preset, one seed, sat and none (~3 minutes on 2 cores): each variant trains its 850 steps and
+    scores all 1000 test images. Floor: the mean-pose baseline + 12 points. The committed report
+    (docs/benchmarks/2026-12-05_accuracy_cpu-amd-epyc_lsp-tta-tiny.md) has +16.4 over 3 seeds, single runs
+    +15.2 to +18.3; on another CPU the float rounding (vector ISA, bf16 kernels) changes the trajectory like
+    another seed, so the floor leaves a seed's spread below issue 24's +15. The 64 px recipe before it, +3, fails."""
+    args = ["bench", "accuracy", "--preset", "lsp-tta-tiny", f"data.root={lsp_root}", "--seeds", "1",
+            "--target", "30", "--out", str(tmp_path), "--formats", "json", "md"]
+    assert main(args) == 0
+    report = json.loads(next(tmp_path.glob("*_accuracy_*.json")).read_text())
+    rows = {r["key"]: r for r in report["rows"]}
+    assert list(rows) == ["sat", "none", "mean-pose baseline"]
+    base = rows["mean-pose baseline"]["value"]
+    assert base == pytest.approx(19.7643, abs=1e-3)  # 1000 training records' mean pose on the 1000 test crops
+    for r in report["runs"]:
+        assert (r["steps"], r["images"], r["stopped_by"]) == (850, 13600, "max_steps")
+        assert [p["step"] for p in r["curve"]] == [170, 340, 510, 680, 850]
+        assert r["final"]["value"] == r["final"]["flip"]
+        assert r["final"]["flip"] >= base + 12, (r["variant"], r["final"], base)
+        assert r["curve"][-1]["value"] > r["curve"][0]["value"]
+
+
 @pytest.mark.parametrize("budget", [["--images", "0"], ["--minutes", "-1"], ["--seeds", "0"]])
 def test_bad_budgets_are_one_error_line(budget, capsys):
     assert main(["bench", "accuracy", "--preset", "lsp-tta-tiny", *budget]) == 2
