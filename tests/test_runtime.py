@@ -220,6 +220,25 @@ def test_small_per_process_batchnorm_warning(clean_env, world, micro, sync, warn
     assert any(f"BatchNorm statistics over {micro} sample(s) per process" in n for n in notes) == warned, notes
 
 
+def test_bf16_on_a_cpu_without_bf16_kernels_is_warned(clean_env, monkeypatch):
+    cpu1 = distributed.Runtime()
+    monkeypatch.setattr(distributed, "cpu_has_bf16_kernels", lambda: False)
+    notes = distributed.device_notes("cpu", cpu1, 6, False, "bf16")
+    assert len(notes) == 2 and notes[1].startswith("warning: train.precision=bf16 on a CPU without oneDNN bf16 "
+                                                   "kernels"), notes
+    assert len(distributed.device_notes("cpu", cpu1, 6, False, "fp32")) == 1
+    monkeypatch.setattr(distributed, "cpu_has_bf16_kernels", lambda: True)
+    assert len(distributed.device_notes("cpu", cpu1, 6, False, "bf16")) == 1
+
+
+def test_the_bf16_kernel_probe_follows_the_isa_cap():
+    """oneDNN capped at AVX2 (a CPU without AVX512) has no bf16 kernels; the probe says so in that process."""
+    code = "from harness.precision import cpu_has_bf16_kernels as f; print(f())"
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 # -- DDP and BatchNorm buffers ----------------------------------------------------------------------------
 def test_ddp_buffer_broadcast_only_for_plain_batchnorm(monkeypatch):
     """Synchronised BatchNorm: no per-forward buffer broadcast (the buffers are identical); plain BatchNorm:
