@@ -45,8 +45,10 @@ def run_name(point: str, seed: int) -> str:
 
 
 def stopped_early(run_dir: Path) -> bool:
-    """ASHA stopped this trial on purpose: no summary.json, and none is owed."""
-    return (run_dir / STOPPED_EARLY).is_file()
+    """ASHA stopped this trial on purpose: no summary.json, and none is owed. A summary.json wins over the mark:
+    ASHA's stop decision on a result races the trial process, which may already be past its last step and go on
+    to write its summary (seen once in CI: both files in one run dir); that trial finished."""
+    return (run_dir / STOPPED_EARLY).is_file() and not (run_dir / "summary.json").is_file()
 
 
 def trial_config(spec: TrialSpec, point: str, seed: int) -> Config:

@@ -453,6 +453,9 @@ def test_asha_marks_the_trials_it_stops_early_and_only_those(tmp_path):
     asha.on_trial_add(None, late)
     assert asha.on_trial_result(None, late, {"training_iteration": 1, "score": -1.0}) == TrialScheduler.STOP
     assert stopped_early(moved / "p9-seed0") and not (tmp_path / "p9-seed0").exists()
+    # the stop decision raced the trial's end: it wrote its summary.json after the mark, so it finished
+    (moved / "p9-seed0" / "summary.json").write_text("{}")
+    assert not stopped_early(moved / "p9-seed0") and (moved / "p9-seed0" / STOPPED_EARLY).is_file()
 
 
 def test_ray_overhead_script_times_a_real_start_and_stop(tmp_path):
