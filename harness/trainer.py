@@ -55,7 +55,7 @@ class Trainer:
         self.micro_batch = t.batch_size // per_step
         self.sinks = sinks if sinks is not None else build_sinks(cfg, self.rt.rank, self.run_dir, interactive)
         for note in device_notes(t.device, self.rt, self.micro_batch, cfg.distributed.sync_batchnorm, t.precision):
-            self.sinks.info(note)  # the device in use; CPU fallback beside GPUs; small per-process BatchNorm
+            self.sinks.info(note)  # the device; CPU fallback beside GPUs; small per-process BatchNorm; slow bf16
         self.data = RunData(cfg, self.rt.rank, self.rt.world_size)
         self.generator, self.discriminator = build_models(cfg, self.data.skeleton.num_joints, self.rt)
         self.g, self.d = wrap_models(cfg, self.rt, self.generator, self.discriminator, self.micro_batch)

@@ -16,7 +16,7 @@ from harness.bench import SCHEMA
 from harness.bench.mean_pose import mean_crop_pose, place
 from harness.bench.suite_accuracy import mean_pose_baseline, summarize, time_to
 from harness.cli import main
-from harness.config import load_config
+from harness.config import G_STRIDE, load_config
 from harness.evaluate import score_records
 from harness.precision import cpu_has_bf16_kernels
 
@@ -45,9 +45,9 @@ def test_placing_each_records_own_crop_pose_gives_its_joints_back(lsp_root):
 
 
 def test_mean_pose_baseline_does_not_depend_on_the_crop_size(lsp_root):
-    values = {s: mean_pose_baseline(load_config("lsp-tta-tiny", None, [
-        f"data.root={lsp_root}", f"data.input_size={s}", f"data.heatmap_size={s // 4}", "model.depth=2"]))["value"]
-        for s in (64, 256)}
+    def at(s: int) -> list[str]:
+        return [f"data.root={lsp_root}", f"data.input_size={s}", f"data.heatmap_size={s // G_STRIDE}", "model.depth=2"]
+    values = {s: mean_pose_baseline(load_config("lsp-tta-tiny", None, at(s)))["value"] for s in (64, 256)}
     assert 5 < values[64] < 40 and values[64] == pytest.approx(values[256], abs=1e-9)
 
 
